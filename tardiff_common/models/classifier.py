@@ -1,0 +1,113 @@
+"""Downstream classifiers f_theta: [B, C, L] -> one logit [B].
+
+* ``GRUClassifier`` — the paper code's bidirectional GRU (2 layers, hidden 256); the
+  concatenated final hidden states of the last layer feed a linear head. ``rnn="opacus"``
+  swaps ``torch.nn.GRU`` for Opacus' ``DPGRU`` (same parameter names and shapes, built from
+  Linear layers) so per-sample gradients exist for differential privacy.
+* ``ConvClassifier`` — a small temporal CNN (dilated Conv1d + GroupNorm + GELU, global
+  average pooling). Smooth activations keep the influence gradient well defined everywhere.
+
+Loss: binary cross-entropy on the logit, L(x, y; theta) = BCEWithLogits(f_theta(x), y).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ClassifierConfig", "GRUClassifier", "ConvClassifier", "build_classifier", "CLASSIFIERS"]
+
+CLASSIFIERS = ("gru", "cnn")
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """``kind`` in {"gru", "cnn"}; ``paper()`` is the public code's BiGRU."""
+
+    kind: str = "gru"
+    hidden: int = 64
+    num_layers: int = 2
+    bidirectional: bool = True
+    dropout: float = 0.0
+    rnn: str = "torch"
+
+    def __post_init__(self) -> None:
+        if self.kind not in CLASSIFIERS:
+            raise ValueError(f"unknown classifier {self.kind!r}; choose one of {CLASSIFIERS}")
+        if self.rnn not in ("torch", "opacus"):
+            raise ValueError(f"rnn must be 'torch' or 'opacus', got {self.rnn!r}")
+        if self.hidden < 1 or self.num_layers < 1:
+            raise ValueError("hidden and num_layers must be positive")
+
+    @classmethod
+    def paper(cls) -> "ClassifierConfig":
+        return cls(kind="gru", hidden=256, num_layers=2, bidirectional=True)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class GRUClassifier(nn.Module):
+    """Bidirectional GRU over time; logit = Linear([h_fwd_T, h_bwd_0]) of the last layer."""
+
+    def __init__(self, in_channels: int, config: ClassifierConfig):
+        super().__init__()
+        if config.rnn == "opacus":
+            from opacus.layers import DPGRU as rnn_cls
+        else:
+            rnn_cls = nn.GRU
+        self.rnn = rnn_cls(
+            in_channels,
+            config.hidden,
+            num_layers=config.num_layers,
+            bidirectional=config.bidirectional,
+            batch_first=True,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+        )
+        directions = 2 if config.bidirectional else 1
+        self.directions = directions
+        self.head = nn.Linear(directions * config.hidden, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, h_n = self.rnn(x.transpose(1, 2))  # h_n [layers * directions, B, hidden]
+        last = h_n[-self.directions :].transpose(0, 1).reshape(x.shape[0], -1)
+        return self.head(last).squeeze(-1)
+
+
+class ConvClassifier(nn.Module):
+    """Dilated temporal CNN: num_layers x (Conv1d k=5, GroupNorm, GELU), mean-pool, Linear."""
+
+    def __init__(self, in_channels: int, config: ClassifierConfig):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_channels
+        for i in range(config.num_layers):
+            dilation = 2**i
+            layers += [
+                nn.Conv1d(width, config.hidden, 5, padding=2 * dilation, dilation=dilation),
+                nn.GroupNorm(min(8, config.hidden), config.hidden),
+                nn.GELU(),
+            ]
+            width = config.hidden
+        self.features = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x).mean(dim=-1)
+        return self.head(self.dropout(h)).squeeze(-1)
+
+
+def build_classifier(in_channels: int, config: ClassifierConfig = ClassifierConfig()) -> nn.Module:
+    """A fresh classifier for inputs with ``in_channels`` channels."""
+    if config.kind == "gru":
+        return GRUClassifier(in_channels, config)
+    return ConvClassifier(in_channels, config)
+
+
+def per_example_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """L_i = BCEWithLogits(logit_i, y_i); [B] -> [B]."""
+    return F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype), reduction="none")

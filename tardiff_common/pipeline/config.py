@@ -1,0 +1,271 @@
+"""One typed configuration for a whole TarDiff run, centralized or federated.
+
+``RunConfig`` nests the method's own config dataclasses (classifier, U-Net, training,
+sampling, guidance) plus the run-level sections below. It maps one-to-one onto flat keys
+
+    "<section>.<field-with-hyphens>" = value        e.g.  "guidance.scale" = 100.0
+
+which is exactly how Flower flattens a ``[tool.flwr.app.config]`` table with sub-tables, and
+how ``tardiff centralized --set guidance.scale=50`` overrides a value. Tuples are written as
+comma-separated strings ("1,2,4,4") and ``None`` as "none" (Flower config values are scalars).
+Unknown keys raise ``ValueError`` naming the key, so a typo never passes silently.
+
+Presets: ``tiny`` (seconds, for tests), ``default`` (a few CPU minutes), ``paper`` (the
+published model sizes and step counts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+
+import numpy as np
+
+from ..diffusion.sampling import SamplingConfig
+from ..influence.guidance import GuidanceConfig
+from ..models.classifier import ClassifierConfig
+from ..models.unet1d import UNet1DConfig
+from ..training.classifier import ClassifierTrainConfig
+from ..training.diffusion import DiffusionTrainConfig
+
+__all__ = [
+    "DataConfig",
+    "DiffusionConfig",
+    "GenerationConfig",
+    "EvaluationConfig",
+    "FederationConfig",
+    "RunConfig",
+    "preset",
+    "PRESETS",
+    "derive_seed",
+]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where records come from. ``source="synthetic"`` is the embedded generator."""
+
+    source: str = "synthetic"
+    path: str = ""
+    task: str = "mortality"
+    site_by: str = "default"
+    num_hospitals: int = 3
+    length: int = 48
+    size_scale: float = 1.0
+    data_seed: int = 0
+    split_seed: int = 0
+    normalizer: str = "pit"
+    min_site_records: int = 20
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    schedule: str = "sqrt_linear"
+    num_steps: int = 200
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How many synthetic records (``ratio`` x real training size) and with which labels:
+    "balanced" (half positive) or "prevalence" (the real training prevalence)."""
+
+    ratio: float = 1.0
+    label_mode: str = "balanced"
+    seed: int = 1234
+
+    def __post_init__(self) -> None:
+        if self.label_mode not in ("balanced", "prevalence"):
+            raise ValueError(f"generation.label-mode must be 'balanced' or 'prevalence', got {self.label_mode!r}")
+        if self.ratio <= 0:
+            raise ValueError(f"generation.ratio must be > 0, got {self.ratio}")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Downstream model trained for TSTR / TSRTR (fresh per seed), evaluated on the real test split."""
+
+    classifier: str = "gru"
+    hidden: int = 32
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    seeds: tuple[int, ...] = (0, 1)
+    tsrtr_ratios: tuple[float, ...] = (1.0,)
+
+    def classifier_config(self) -> ClassifierConfig:
+        return ClassifierConfig(kind=self.classifier, hidden=self.hidden, num_layers=2, bidirectional=True)
+
+    def train_config(self) -> ClassifierTrainConfig:
+        return ClassifierTrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Round structure. The centralized pipeline follows the same schedule (rounds of local
+    epochs with a fresh optimizer each round), so one-site FedAvg equals it exactly."""
+
+    classifier_rounds: int = 3
+    diffusion_rounds: int = 5
+    strategy: str = "fedavg"
+    proximal_mu: float = 0.0
+    min_sites: int = 1
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    classifier_train: ClassifierTrainConfig = field(default_factory=lambda: ClassifierTrainConfig(epochs=3))
+    unet: UNet1DConfig = field(default_factory=UNet1DConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    diffusion_train: DiffusionTrainConfig = field(default_factory=lambda: DiffusionTrainConfig(epochs=6))
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(num_inference_steps=25))
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+
+    # ------------------------------------------------------------------ flat key mapping
+
+    def to_flat(self) -> dict[str, object]:
+        """{"section.field-name": scalar} for every leaf (tuples joined by commas, None -> "none")."""
+        out: dict[str, object] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                for sub in fields(value):
+                    out[f"{_key(f.name)}.{_key(sub.name)}"] = _encode(getattr(value, sub.name))
+            else:
+                out[_key(f.name)] = _encode(value)
+        return out
+
+    def with_overrides(self, flat: dict[str, object]) -> "RunConfig":
+        """A copy with flat keys applied; raises ``ValueError`` naming an unknown key or bad value."""
+        hints = typing.get_type_hints(RunConfig)
+        sections: dict[str, dict[str, object]] = {}
+        top: dict[str, object] = {}
+        by_key = {_key(f.name): f.name for f in fields(self)}
+        for key, raw in flat.items():
+            head, _, tail = str(key).partition(".")
+            if head not in by_key:
+                raise ValueError(f"unknown config key {key!r}")
+            name = by_key[head]
+            current = getattr(self, name)
+            if not tail:
+                if dataclasses.is_dataclass(current):
+                    raise ValueError(f"config key {key!r} names a section; use {key}.<field>")
+                top[name] = _decode(raw, hints[name], key)
+                continue
+            if not dataclasses.is_dataclass(current):
+                raise ValueError(f"unknown config key {key!r}")
+            sub_fields = {_key(sf.name): sf.name for sf in fields(current)}
+            if tail not in sub_fields:
+                raise ValueError(f"unknown config key {key!r}; {head} has {sorted(sub_fields)}")
+            sub_hints = typing.get_type_hints(type(current))
+            sections.setdefault(name, {})[sub_fields[tail]] = _decode(raw, sub_hints[sub_fields[tail]], key)
+        updates = dict(top)
+        for name, changes in sections.items():
+            try:
+                updates[name] = replace(getattr(self, name), **changes)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"config section {_key(name)!r}: {err}") from err
+        return replace(self, **updates)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _encode(value: object) -> object:
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return value
+
+
+def _decode(raw: object, hint: object, key: str) -> object:
+    """Convert a TOML / CLI scalar to the annotated type (int, float, bool, str, tuples, Optional)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if isinstance(raw, str) and raw.strip().lower() in ("none", "null", ""):
+            return None
+        return _decode(raw, inner[0], key)
+    try:
+        if origin is tuple:
+            items = raw if isinstance(raw, (list, tuple)) else [s for s in str(raw).split(",") if s.strip()]
+            return tuple(_decode(item, args[0], key) for item in items)
+        if hint is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("true", "1", "yes"):
+                return True
+            if text in ("false", "0", "no"):
+                return False
+            raise ValueError(raw)
+        if hint is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
+            return int(raw)
+        if hint is float:
+            return float(raw)
+        if hint is str:
+            return str(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"config key {key!r}: cannot read {raw!r} as {hint}") from None
+    raise ValueError(f"config key {key!r}: unsupported type {hint}")
+
+
+def derive_seed(*parts: int) -> int:
+    """A 31-bit seed from (run seed, phase, round, site, ...), stable across machines."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] >> 1)
+
+
+def _tiny() -> RunConfig:
+    return RunConfig(
+        data=DataConfig(length=16, size_scale=0.12),
+        classifier=ClassifierConfig(kind="gru", hidden=8, num_layers=1),
+        classifier_train=ClassifierTrainConfig(epochs=1, batch_size=32),
+        unet=UNet1DConfig.tiny(3),
+        diffusion=DiffusionConfig(num_steps=20),
+        diffusion_train=DiffusionTrainConfig(epochs=1, batch_size=32),
+        sampling=SamplingConfig(num_inference_steps=4),
+        guidance=GuidanceConfig(scale=10.0),
+        evaluation=EvaluationConfig(hidden=8, epochs=1, seeds=(0,)),
+        federation=FederationConfig(classifier_rounds=2, diffusion_rounds=2),
+    )
+
+
+def _paper() -> RunConfig:
+    return RunConfig(
+        data=DataConfig(length=288),
+        classifier=ClassifierConfig.paper(),
+        classifier_train=ClassifierTrainConfig(epochs=5),
+        unet=UNet1DConfig.paper(3),
+        diffusion=DiffusionConfig(schedule="sqrt_linear", num_steps=200),
+        diffusion_train=DiffusionTrainConfig(epochs=20, lr=1e-4, batch_size=64),
+        sampling=SamplingConfig(num_inference_steps=50),
+        guidance=GuidanceConfig(scale=100.0),
+        evaluation=EvaluationConfig(hidden=256, epochs=20, seeds=(0, 1, 2), tsrtr_ratios=(0.2, 0.4, 0.6, 0.8, 1.0)),
+        federation=FederationConfig(classifier_rounds=4, diffusion_rounds=20),
+    )
+
+
+PRESETS = {"tiny": _tiny, "default": RunConfig, "paper": _paper}
+
+
+def preset(name: str) -> RunConfig:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None

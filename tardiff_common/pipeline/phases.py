@@ -1,0 +1,220 @@
+"""The site-level operations of the four TarDiff phases.
+
+The centralized pipeline calls these on the pooled data (as "site 0"); the Flower client
+calls them on one hospital's data. Sharing one implementation is what makes one-site FedAvg
+reproduce centralized training exactly, and keeps the ClientApp a thin adapter.
+
+Phase 0  normalization : local_moments / local_histogram  -> merged -> make_normalizer
+Phase 1  classifier    : classifier_round (local epochs of f_theta from the global weights)
+Phase 2  influence     : guidance_sum -> G_k = sum_i grad_theta L(z_i) over the guidance split
+Phase 3  diffusion     : diffusion_round (local epochs of eps_phi, EMA carried along)
+Phase 4  generation    : synthesize (guided and unguided) + evaluate (TSTR / TSRTR)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.contract import SiteData, SiteSplits, stratified_split, validate_site
+from ..data.normalize import (
+    ChannelHistogram,
+    ChannelMoments,
+    Normalizer,
+    histogram_edges_from_moments,
+)
+from ..diffusion.ema import EMA
+from ..diffusion.sampling import sample, synthetic_labels
+from ..diffusion.schedule import NoiseSchedule
+from ..influence.gradient_sum import GradientSum, guidance_gradient_sum
+from ..influence.guidance import InfluenceGuidance
+from ..influence.influence_gradient import influence_scores
+from ..models.classifier import build_classifier
+from ..models.unet1d import UNet1D
+from ..training.classifier import train_classifier
+from ..training.diffusion import train_diffusion
+from .config import RunConfig, derive_seed
+
+__all__ = [
+    "PHASE_IDS",
+    "NormalizedSplits",
+    "resolve_device",
+    "prepare_splits",
+    "local_moments",
+    "local_histogram",
+    "normalize_splits",
+    "new_classifier",
+    "new_unet",
+    "new_schedule",
+    "classifier_round",
+    "guidance_sum",
+    "diffusion_round",
+    "synthesize",
+    "mean_influence",
+]
+
+PHASE_IDS = {"classifier": 1, "influence": 2, "diffusion": 3, "generation": 4, "evaluation": 5}
+
+
+@dataclass(frozen=True)
+class NormalizedSplits:
+    """One site's splits on the model scale. x_* [N, C, L] float32, y_* [N] int64."""
+
+    name: str
+    channels: tuple[str, ...]
+    train_x: np.ndarray
+    train_y: np.ndarray
+    guidance_x: np.ndarray
+    guidance_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train_x.shape[1])
+
+    @property
+    def length(self) -> int:
+        return int(self.train_x.shape[2])
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> CUDA when available, else CPU; "cpu" / "cuda" / "cuda:N" as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def prepare_splits(site: SiteData, config: RunConfig) -> SiteSplits:
+    """Validate the contract (one class is allowed per site) and split 80/10/10 stratified."""
+    site = validate_site(site, require_both_classes=False)
+    if site.num_records < config.data.min_site_records:
+        raise ValueError(
+            f"site {site.name!r}: {site.num_records} records, fewer than "
+            f"data.min-site-records = {config.data.min_site_records}"
+        )
+    return stratified_split(site, seed=config.data.split_seed)
+
+
+def local_moments(splits: SiteSplits) -> ChannelMoments:
+    """Phase 0a: per-channel count / sum / sum of squares of observed training values."""
+    return ChannelMoments.from_data(splits.train.x, splits.train.mask)
+
+
+def local_histogram(splits: SiteSplits, global_moments: ChannelMoments) -> ChannelHistogram:
+    """Phase 0b: counts of observed training values on the grid fixed by the global moments."""
+    return ChannelHistogram.from_data(splits.train.x, histogram_edges_from_moments(global_moments), splits.train.mask)
+
+
+def normalize_splits(splits: SiteSplits, normalizer: Normalizer) -> NormalizedSplits:
+    return NormalizedSplits(
+        name=splits.name,
+        channels=splits.train.channels,
+        train_x=normalizer.transform(splits.train.x),
+        train_y=splits.train.y,
+        guidance_x=normalizer.transform(splits.guidance.x),
+        guidance_y=splits.guidance.y,
+        test_x=normalizer.transform(splits.test.x),
+        test_y=splits.test.y,
+    )
+
+
+def new_classifier(config: RunConfig, in_channels: int, device: torch.device) -> nn.Module:
+    torch.manual_seed(derive_seed(config.seed, 0, PHASE_IDS["classifier"]))
+    return build_classifier(in_channels, config.classifier).to(device)
+
+
+def new_unet(config: RunConfig, in_channels: int, device: torch.device) -> UNet1D:
+    torch.manual_seed(derive_seed(config.seed, 0, PHASE_IDS["diffusion"]))
+    return UNet1D(replace(config.unet, in_channels=in_channels)).to(device)
+
+
+def new_schedule(config: RunConfig) -> NoiseSchedule:
+    return NoiseSchedule.from_name(config.diffusion.schedule, config.diffusion.num_steps)
+
+
+def classifier_round(
+    model: nn.Module,
+    data: NormalizedSplits,
+    config: RunConfig,
+    *,
+    server_round: int,
+    site_index: int,
+    pos_weight: float | None = None,
+    progress: bool = False,
+) -> dict:
+    """Phase 1: ``classifier_train.epochs`` local epochs on the site's training split."""
+    seed = derive_seed(config.seed, PHASE_IDS["classifier"], server_round, site_index)
+    return train_classifier(
+        model, data.train_x, data.train_y, config.classifier_train, seed=seed, pos_weight=pos_weight,
+        progress=progress, desc=f"classifier r{server_round}",
+    )
+
+
+def guidance_sum(model: nn.Module, data: NormalizedSplits, config: RunConfig) -> GradientSum:
+    """Phase 2: G_k over the site's guidance split (restricted to ``guidance.target_class``)."""
+    return guidance_gradient_sum(model, data.guidance_x, data.guidance_y, target_class=config.guidance.target_class)
+
+
+def diffusion_round(
+    unet: UNet1D,
+    ema: EMA,
+    data: NormalizedSplits,
+    config: RunConfig,
+    *,
+    server_round: int,
+    site_index: int,
+    progress: bool = False,
+) -> dict:
+    """Phase 3: ``diffusion_train.epochs`` local epochs of eps-prediction, updating ``ema``."""
+    seed = derive_seed(config.seed, PHASE_IDS["diffusion"], server_round, site_index)
+    return train_diffusion(
+        unet, new_schedule(config), data.train_x, data.train_y, config.diffusion_train, seed=seed, ema=ema,
+        progress=progress, desc=f"diffusion r{server_round}",
+    )
+
+
+def synthesize(
+    unet: UNet1D,
+    classifier: nn.Module | None,
+    direction: torch.Tensor | None,
+    *,
+    num_samples: int,
+    positive_fraction: float,
+    length: int,
+    config: RunConfig,
+    site_index: int,
+    guided: bool,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Phase 4: ``num_samples`` series with the requested label mix; guided or not, the same
+    seed (so guided and unguided sets share their noise and differ only by the guidance)."""
+    labels = synthetic_labels(num_samples, positive_fraction)
+    guidance = InfluenceGuidance(classifier, direction, config.guidance) if guided else None
+    seed = derive_seed(config.generation.seed, PHASE_IDS["generation"], site_index)
+    x = sample(
+        unet, new_schedule(config), labels, length, config.sampling, seed=seed, guidance=guidance,
+        progress=progress, desc="guided sampling" if guided else "unguided sampling",
+    )
+    return x, labels
+
+
+def mean_influence(classifier: nn.Module, direction: torch.Tensor, x: np.ndarray, y: np.ndarray) -> float:
+    """Average I(x_i) = <grad_theta L(x_i, y_i), g> over a synthetic set (higher = more useful)."""
+    device = next(classifier.parameters()).device
+    scores = []
+    for start in range(0, len(y), 512):
+        xb = torch.as_tensor(x[start : start + 512], device=device)
+        yb = torch.as_tensor(y[start : start + 512], device=device)
+        scores.append(influence_scores(classifier, xb, yb, direction.to(device)).double().cpu())
+    return float(torch.cat(scores).mean()) if scores else float("nan")
+
+
+def positive_fraction(config: RunConfig, train_y: np.ndarray) -> float:
+    """Label mix of the synthetic set: 0.5 ("balanced") or the real training prevalence."""
+    return 0.5 if config.generation.label_mode == "balanced" else float(np.mean(train_y))

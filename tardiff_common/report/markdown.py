@@ -1,0 +1,101 @@
+"""``report.md`` from a run's ``metrics.json`` content (centralized or federated)."""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["render_report", "format_score"]
+
+METRICS = ("auroc", "auprc", "minority_f1")
+
+
+def format_score(scores: dict, metric: str) -> str:
+    """"0.712 ± 0.031" (mean ± 95 % CI half-width), "0.712" without a CI, "n/a" when missing."""
+    value = scores.get(metric)
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    half = (scores.get("ci95") or {}).get(metric)
+    if half is None or (isinstance(half, float) and not math.isfinite(half)):
+        return f"{value:.3f}"
+    return f"{value:.3f} ± {half:.3f}"
+
+
+def _score_table(rows: dict[str, dict], first_col: str = "training data") -> list[str]:
+    lines = [f"| {first_col} | AUROC | AUPRC | minority F1 |", "|---|---|---|---|"]
+    for name, scores in rows.items():
+        lines.append(f"| {name} | " + " | ".join(format_score(scores, m) for m in METRICS) + " |")
+    return lines
+
+
+def _sites_table(sites: list[dict]) -> list[str]:
+    if not sites:
+        return []
+    channels = list(sites[0].get("missing_fraction", {}))
+    head = "| site | records | positives | prevalence | " + " | ".join(f"missing {c}" for c in channels) + " |"
+    lines = [head, "|" + "---|" * (4 + len(channels))]
+    for s in sites:
+        miss = " | ".join(f"{s['missing_fraction'][c]:.1%}" for c in channels)
+        lines.append(f"| {s['site']} | {s['records']} | {s['positives']} | {s['prevalence']:.1%} | {miss} |")
+    return lines
+
+
+def render_report(metrics: dict, *, title: str, figures: list[str]) -> str:
+    """Markdown with the TSTR / TSRTR tables, influence, per-site results, timing and data."""
+    lines = [f"# {title}", ""]
+    federated = bool(metrics.get("federated"))
+    lines += [
+        f"Mode: **{'federated (Flower)' if federated else 'centralized'}**, "
+        f"data source `{metrics.get('data', {}).get('source', '?')}`, "
+        f"{len(metrics.get('data', {}).get('sites', []))} site(s).",
+        "",
+        "## TSTR: train on synthetic, test on real",
+        "",
+        "Mean ± 95 % CI over evaluation seeds"
+        + (", averaged over sites weighted by test-split size." if federated else ", pooled real test split.")
+        + " `real` is the reference trained on real records only.",
+        "",
+    ]
+    lines += _score_table(metrics["tstr"])
+    if metrics.get("tsrtr"):
+        lines += ["", "## TSRTR: real + synthetic (ratio x real size), test on real", ""]
+        rows = {f"real + {name} x{ratio}": s for name, by_ratio in metrics["tsrtr"].items() for ratio, s in by_ratio.items()}
+        lines += _score_table(rows)
+    infl = metrics.get("influence")
+    if infl:
+        lines += [
+            "",
+            "## Influence of the synthetic sets",
+            "",
+            "Mean I(x) = <grad_theta L(x), g> under the guidance classifier (higher = expected to help more).",
+            "",
+            "| set | mean influence |",
+            "|---|---|",
+        ]
+        lines += [f"| {k} | {v:.4g} |" for k, v in infl.items() if isinstance(v, (int, float))]
+    if metrics.get("comparison"):
+        lines += ["", "## Federated vs centralized (site-weighted TSTR)", ""]
+        lines += _score_table(metrics["comparison"], first_col="run / training data")
+    if metrics.get("sites"):
+        lines += ["", "## Per-site results", ""]
+        for site, sm in metrics["sites"].items():
+            lines += [f"### {site}", ""]
+            lines += _score_table(sm.get("tstr", {}))
+            lines.append("")
+    if metrics.get("privacy"):
+        lines += ["", "## Privacy", ""]
+        lines += ["| site | phase | epsilon | delta | sigma | C |", "|---|---|---|---|---|---|"]
+        for row in metrics["privacy"]:
+            eps = row.get("epsilon")
+            lines.append(
+                f"| {row.get('site')} | {row.get('phase')} | {'inf' if eps is None else f'{eps:.3g}'} | "
+                f"{row.get('delta')} | {row.get('sigma')} | {row.get('clip')} |"
+            )
+    lines += ["", "## Data", ""]
+    lines += _sites_table(metrics.get("data", {}).get("sites", []))
+    lines += ["", "## Timing (seconds)", "", "| phase | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in metrics.get("timing", {}).items()]
+    if figures:
+        lines += ["", "## Figures", ""]
+        lines += [f"![{f}]({f})" for f in figures]
+    lines.append("")
+    return "\n".join(lines)
