@@ -48,7 +48,7 @@ class SiteData:
     def prevalence(self) -> float:
         return float(self.y.mean()) if self.y.size else float("nan")
 
-    def subset(self, index: np.ndarray, name: str | None = None) -> "SiteData":
+    def subset(self, index: np.ndarray, name: str | None = None) -> SiteData:
         """Records ``index`` of this site (a copy), keeping channels and meta."""
         return replace(
             self,

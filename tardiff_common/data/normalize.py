@@ -53,7 +53,7 @@ class ChannelMoments:
     total_sq: np.ndarray
 
     @classmethod
-    def from_data(cls, x: np.ndarray, mask: np.ndarray | None = None) -> "ChannelMoments":
+    def from_data(cls, x: np.ndarray, mask: np.ndarray | None = None) -> ChannelMoments:
         vals = _observed_by_channel(x, mask)
         return cls(
             count=np.array([v.size for v in vals], dtype=np.float64),
@@ -61,7 +61,7 @@ class ChannelMoments:
             total_sq=np.array([(v * v).sum() for v in vals], dtype=np.float64),
         )
 
-    def __add__(self, other: "ChannelMoments") -> "ChannelMoments":
+    def __add__(self, other: ChannelMoments) -> ChannelMoments:
         return ChannelMoments(
             self.count + other.count, self.total + other.total, self.total_sq + other.total_sq
         )
@@ -79,7 +79,7 @@ class ChannelMoments:
         return [self.count, self.total, self.total_sq]
 
     @classmethod
-    def from_arrays(cls, arrays: list[np.ndarray]) -> "ChannelMoments":
+    def from_arrays(cls, arrays: list[np.ndarray]) -> ChannelMoments:
         count, total, total_sq = (np.asarray(a, dtype=np.float64) for a in arrays)
         return cls(count, total, total_sq)
 
@@ -111,7 +111,7 @@ class ChannelHistogram:
     @classmethod
     def from_data(
         cls, x: np.ndarray, edges: np.ndarray, mask: np.ndarray | None = None
-    ) -> "ChannelHistogram":
+    ) -> ChannelHistogram:
         vals = _observed_by_channel(x, mask)
         if edges.shape[0] != len(vals):
             raise ValueError(f"edges cover {edges.shape[0]} channels, data has {len(vals)}")
@@ -123,7 +123,7 @@ class ChannelHistogram:
         )
         return cls(edges=np.asarray(edges, dtype=np.float64), counts=counts)
 
-    def __add__(self, other: "ChannelHistogram") -> "ChannelHistogram":
+    def __add__(self, other: ChannelHistogram) -> ChannelHistogram:
         if not np.array_equal(self.edges, other.edges):
             raise ValueError("cannot add histograms built on different grids")
         return ChannelHistogram(self.edges, self.counts + other.counts)
@@ -139,7 +139,7 @@ class ZScoreNormalizer:
         self.std = np.where(np.asarray(std, dtype=np.float64) > 0, std, 1.0)
 
     @classmethod
-    def from_moments(cls, moments: ChannelMoments) -> "ZScoreNormalizer":
+    def from_moments(cls, moments: ChannelMoments) -> ZScoreNormalizer:
         return cls(moments.mean, moments.std)
 
     def transform(self, x: np.ndarray) -> np.ndarray:
@@ -176,7 +176,7 @@ class CenteredPITNormalizer:
     @classmethod
     def from_histogram(
         cls, hist: ChannelHistogram, *, pseudo_count: float = 1e-2
-    ) -> "CenteredPITNormalizer":
+    ) -> CenteredPITNormalizer:
         """CDF at the bin edges from cumulative counts, on the span of occupied bins.
 
         Each bin between the first and last occupied one gets ``pseudo_count`` x the mean

@@ -45,7 +45,7 @@ class NoiseSchedule:
     betas: torch.Tensor
 
     @classmethod
-    def from_name(cls, name: str = "sqrt_linear", num_steps: int = 200) -> "NoiseSchedule":
+    def from_name(cls, name: str = "sqrt_linear", num_steps: int = 200) -> NoiseSchedule:
         if num_steps < 2:
             raise ValueError(f"num_steps must be >= 2, got {num_steps}")
         return cls(name, _betas(name, num_steps))

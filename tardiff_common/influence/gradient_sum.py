@@ -49,7 +49,7 @@ class GradientSum:
     total: torch.Tensor
     count: int
 
-    def __add__(self, other: "GradientSum") -> "GradientSum":
+    def __add__(self, other: GradientSum) -> GradientSum:
         if self.total.shape != other.total.shape:
             raise ValueError(f"gradient sums differ in size: {tuple(self.total.shape)} vs {tuple(other.total.shape)}")
         return GradientSum(self.total + other.total, self.count + other.count)
@@ -65,12 +65,12 @@ class GradientSum:
         return self.total.detach().cpu().numpy()
 
     @classmethod
-    def zeros_like(cls, model: nn.Module) -> "GradientSum":
+    def zeros_like(cls, model: nn.Module) -> GradientSum:
         size = sum(p.numel() for p in trainable_parameters(model))
         return cls(torch.zeros(size, dtype=torch.float64), 0)
 
     @classmethod
-    def sum(cls, parts: list["GradientSum"]) -> "GradientSum":
+    def sum(cls, parts: list[GradientSum]) -> GradientSum:
         if not parts:
             raise ValueError("no gradient sums to add")
         out = parts[0]

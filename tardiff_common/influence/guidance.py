@@ -60,7 +60,7 @@ class GuidanceConfig:
             raise ValueError(f"target_class must be None, 0 or 1, got {self.target_class}")
 
     @classmethod
-    def public_code(cls, **overrides) -> "GuidanceConfig":
+    def public_code(cls, **overrides) -> GuidanceConfig:
         """The public code's settings: (1 - s) x + s grad with s = 1e-5 and its batch objective."""
         return cls(**{"scale": 1e-5, "form": "code", "method": "batch_normalized", **overrides})
 

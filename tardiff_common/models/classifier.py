@@ -43,7 +43,7 @@ class ClassifierConfig:
             raise ValueError("hidden and num_layers must be positive")
 
     @classmethod
-    def paper(cls) -> "ClassifierConfig":
+    def paper(cls) -> ClassifierConfig:
         return cls(kind="gru", hidden=256, num_layers=2, bidirectional=True)
 
     def to_dict(self) -> dict:

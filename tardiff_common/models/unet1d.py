@@ -56,13 +56,13 @@ class UNet1DConfig:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
 
     @classmethod
-    def paper(cls, in_channels: int, num_classes: int = 2) -> "UNet1DConfig":
+    def paper(cls, in_channels: int, num_classes: int = 2) -> UNet1DConfig:
         """64 channels, mults [1, 2, 4, 4], 2 res blocks, attention at the two lowest levels, 8 heads."""
         return cls(in_channels=in_channels, dim=64, dim_mults=(1, 2, 4, 4), num_res_blocks=2,
                    attention_levels=(2, 3), heads=8, head_dim=32, num_classes=num_classes)
 
     @classmethod
-    def tiny(cls, in_channels: int, num_classes: int = 2) -> "UNet1DConfig":
+    def tiny(cls, in_channels: int, num_classes: int = 2) -> UNet1DConfig:
         return cls(in_channels=in_channels, dim=8, dim_mults=(1, 2), num_res_blocks=1,
                    attention_levels=(1,), heads=2, head_dim=4, num_classes=num_classes, groups=4)
 

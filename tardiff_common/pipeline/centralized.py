@@ -32,17 +32,15 @@ from .config import RunConfig
 from .phases import (
     classifier_round,
     diffusion_round,
+    generate_synthetic_sets,
     guidance_sum,
     local_histogram,
     local_moments,
-    mean_influence,
     new_classifier,
     new_unet,
     normalize_splits,
-    positive_fraction,
     prepare_splits,
     resolve_device,
-    synthesize,
 )
 from .timing import PhaseTimer
 
@@ -106,17 +104,9 @@ def run_centralized(
             log(f"[diffusion] round {r}/{config.federation.diffusion_rounds} loss {stats['loss']:.4f}")
 
     with timer("generation"):
-        n_synth = max(2, int(round(config.generation.ratio * len(data.train_y))))
-        frac = positive_fraction(config, data.train_y)
-        common = dict(num_samples=n_synth, positive_fraction=frac, length=data.length, config=config,
-                      site_index=0, progress=progress)
-        synthetic = {
-            "unguided": synthesize(ema.shadow, classifier, direction, guided=False, **common),
-            "tardiff": synthesize(ema.shadow, classifier, direction, guided=True, **common),
-        }
-        influence = {name: mean_influence(classifier, direction, x, y) for name, (x, y) in synthetic.items()}
-        influence["real_train"] = mean_influence(classifier, direction, data.train_x, data.train_y)
-    log(f"[generation] {n_synth} records per set; mean influence " +
+        synthetic, influence = generate_synthetic_sets(ema.shadow, classifier, direction, data, config,
+                                                       site_index=0, progress=progress)
+    log(f"[generation] {len(synthetic['tardiff'][1])} records per set; mean influence " +
         ", ".join(f"{k} {v:.4g}" for k, v in influence.items()))
 
     with timer("evaluation"):

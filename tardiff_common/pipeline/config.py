@@ -36,6 +36,7 @@ __all__ = [
     "GenerationConfig",
     "EvaluationConfig",
     "FederationConfig",
+    "OutputConfig",
     "RunConfig",
     "preset",
     "PRESETS",
@@ -86,16 +87,18 @@ class GenerationConfig:
 class EvaluationConfig:
     """Downstream model trained for TSTR / TSRTR (fresh per seed), evaluated on the real test split."""
 
-    classifier: str = "gru"
+    classifier: str = "cnn"
     hidden: int = 32
-    epochs: int = 10
+    num_layers: int = 3
+    epochs: int = 15
     batch_size: int = 64
     lr: float = 1e-3
-    seeds: tuple[int, ...] = (0, 1)
-    tsrtr_ratios: tuple[float, ...] = (1.0,)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    tsrtr_ratios: tuple[float, ...] = (0.5, 1.0)
 
     def classifier_config(self) -> ClassifierConfig:
-        return ClassifierConfig(kind=self.classifier, hidden=self.hidden, num_layers=2, bidirectional=True)
+        return ClassifierConfig(kind=self.classifier, hidden=self.hidden, num_layers=self.num_layers,
+                                bidirectional=True)
 
     def train_config(self) -> ClassifierTrainConfig:
         return ClassifierTrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
@@ -107,22 +110,43 @@ class FederationConfig:
     epochs with a fresh optimizer each round), so one-site FedAvg equals it exactly."""
 
     classifier_rounds: int = 3
-    diffusion_rounds: int = 5
+    diffusion_rounds: int = 6
     strategy: str = "fedavg"
     proximal_mu: float = 0.0
+    num_sites: int = 0
     min_sites: int = 1
+    wait_for_sites_s: float = 120.0
+    round_timeout_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("fedavg", "fedprox"):
+            raise ValueError(f"federation.strategy must be 'fedavg' or 'fedprox', got {self.strategy!r}")
+        if self.strategy == "fedprox" and self.proximal_mu <= 0:
+            raise ValueError("federation.strategy 'fedprox' needs federation.proximal-mu > 0")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where runs are written: ``<dir>/<name>`` (``name`` empty = a timestamp). ``baseline``:
+    a centralized run folder (relative to the run folder) the federated report compares with."""
+
+    dir: str = "runs"
+    name: str = ""
+    baseline: str = "centralized"
 
 
 @dataclass(frozen=True)
 class RunConfig:
     seed: int = 0
     device: str = "auto"
+    threads: int = 0
+    output: OutputConfig = field(default_factory=OutputConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
-    classifier_train: ClassifierTrainConfig = field(default_factory=lambda: ClassifierTrainConfig(epochs=3))
+    classifier: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(kind="cnn", hidden=32, num_layers=3))
+    classifier_train: ClassifierTrainConfig = field(default_factory=lambda: ClassifierTrainConfig(epochs=5))
     unet: UNet1DConfig = field(default_factory=UNet1DConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    diffusion_train: DiffusionTrainConfig = field(default_factory=lambda: DiffusionTrainConfig(epochs=6))
+    diffusion_train: DiffusionTrainConfig = field(default_factory=lambda: DiffusionTrainConfig(epochs=5))
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(num_inference_steps=25))
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -143,7 +167,7 @@ class RunConfig:
                 out[_key(f.name)] = _encode(value)
         return out
 
-    def with_overrides(self, flat: dict[str, object]) -> "RunConfig":
+    def with_overrides(self, flat: dict[str, object]) -> RunConfig:
         """A copy with flat keys applied; raises ``ValueError`` naming an unknown key or bad value."""
         hints = typing.get_type_hints(RunConfig)
         sections: dict[str, dict[str, object]] = {}
@@ -241,7 +265,7 @@ def _tiny() -> RunConfig:
         diffusion_train=DiffusionTrainConfig(epochs=1, batch_size=32),
         sampling=SamplingConfig(num_inference_steps=4),
         guidance=GuidanceConfig(scale=10.0),
-        evaluation=EvaluationConfig(hidden=8, epochs=1, seeds=(0,)),
+        evaluation=EvaluationConfig(hidden=8, num_layers=1, epochs=1, seeds=(0,), tsrtr_ratios=(1.0,)),
         federation=FederationConfig(classifier_rounds=2, diffusion_rounds=2),
     )
 
@@ -256,7 +280,8 @@ def _paper() -> RunConfig:
         diffusion_train=DiffusionTrainConfig(epochs=20, lr=1e-4, batch_size=64),
         sampling=SamplingConfig(num_inference_steps=50),
         guidance=GuidanceConfig(scale=100.0),
-        evaluation=EvaluationConfig(hidden=256, epochs=20, seeds=(0, 1, 2), tsrtr_ratios=(0.2, 0.4, 0.6, 0.8, 1.0)),
+        evaluation=EvaluationConfig(classifier="gru", hidden=256, num_layers=2, epochs=20, seeds=(0, 1, 2),
+                                    tsrtr_ratios=(0.2, 0.4, 0.6, 0.8, 1.0)),
         federation=FederationConfig(classifier_rounds=4, diffusion_rounds=20),
     )
 

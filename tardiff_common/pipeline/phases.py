@@ -124,6 +124,11 @@ def normalize_splits(splits: SiteSplits, normalizer: Normalizer) -> NormalizedSp
     )
 
 
+def proximal_mu(config: RunConfig) -> float:
+    """FedProx's mu when the strategy is "fedprox", else 0 (plain FedAvg local training)."""
+    return config.federation.proximal_mu if config.federation.strategy == "fedprox" else 0.0
+
+
 def new_classifier(config: RunConfig, in_channels: int, device: torch.device) -> nn.Module:
     torch.manual_seed(derive_seed(config.seed, 0, PHASE_IDS["classifier"]))
     return build_classifier(in_channels, config.classifier).to(device)
@@ -152,7 +157,7 @@ def classifier_round(
     seed = derive_seed(config.seed, PHASE_IDS["classifier"], server_round, site_index)
     return train_classifier(
         model, data.train_x, data.train_y, config.classifier_train, seed=seed, pos_weight=pos_weight,
-        progress=progress, desc=f"classifier r{server_round}",
+        proximal_mu=proximal_mu(config), progress=progress, desc=f"classifier r{server_round}",
     )
 
 
@@ -175,7 +180,7 @@ def diffusion_round(
     seed = derive_seed(config.seed, PHASE_IDS["diffusion"], server_round, site_index)
     return train_diffusion(
         unet, new_schedule(config), data.train_x, data.train_y, config.diffusion_train, seed=seed, ema=ema,
-        progress=progress, desc=f"diffusion r{server_round}",
+        proximal_mu=proximal_mu(config), progress=progress, desc=f"diffusion r{server_round}",
     )
 
 
@@ -218,3 +223,59 @@ def mean_influence(classifier: nn.Module, direction: torch.Tensor, x: np.ndarray
 def positive_fraction(config: RunConfig, train_y: np.ndarray) -> float:
     """Label mix of the synthetic set: 0.5 ("balanced") or the real training prevalence."""
     return 0.5 if config.generation.label_mode == "balanced" else float(np.mean(train_y))
+
+
+def generate_synthetic_sets(
+    unet: UNet1D,
+    classifier: nn.Module,
+    direction: torch.Tensor,
+    data: NormalizedSplits,
+    config: RunConfig,
+    *,
+    site_index: int,
+    progress: bool = False,
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, float]]:
+    """Phase 4a: the "unguided" and "tardiff" sets (``generation.ratio`` x the training size,
+    same labels and noise) and the mean influence of each, and of the real training split."""
+    common = dict(
+        num_samples=max(2, int(round(config.generation.ratio * len(data.train_y)))),
+        positive_fraction=positive_fraction(config, data.train_y),
+        length=data.length,
+        config=config,
+        site_index=site_index,
+        progress=progress,
+    )
+    synthetic = {
+        "unguided": synthesize(unet, classifier, direction, guided=False, **common),
+        "tardiff": synthesize(unet, classifier, direction, guided=True, **common),
+    }
+    influence = {name: mean_influence(classifier, direction, x, y) for name, (x, y) in synthetic.items()}
+    influence["real_train"] = mean_influence(classifier, direction, data.train_x, data.train_y)
+    return synthetic, influence
+
+
+def evaluate_site(
+    classifier: nn.Module,
+    synthetic: dict[str, tuple[np.ndarray, np.ndarray]],
+    data: NormalizedSplits,
+    config: RunConfig,
+) -> dict:
+    """Phase 4b at one site: TSTR / TSRTR against the site's own test split (threshold on its
+    guidance split), the site-local real-only reference, and the federated classifier theta*."""
+    from ..metrics.classification import binary_scores, f1_threshold
+    from ..metrics.utility import evaluate_utility
+    from ..training.classifier import predict_proba
+
+    device = str(next(classifier.parameters()).device)
+    tests = {"site": (data.test_x, data.test_y)}
+    utility = evaluate_utility(
+        (data.train_x, data.train_y), (data.guidance_x, data.guidance_y), tests, synthetic, config.evaluation,
+        device=device,
+    )
+    threshold = f1_threshold(data.guidance_y, predict_proba(classifier, data.guidance_x))
+    return {
+        "tstr": {m: by_test["site"] for m, by_test in utility["tstr"].items()},
+        "tsrtr": {m: {r: by_test["site"] for r, by_test in rs.items()} for m, rs in utility["tsrtr"].items()},
+        "global_classifier": binary_scores(data.test_y, predict_proba(classifier, data.test_x), threshold),
+        "test_size": int(len(data.test_y)),
+    }

@@ -51,8 +51,10 @@ def render_report(metrics: dict, *, title: str, figures: list[str]) -> str:
         "## TSTR: train on synthetic, test on real",
         "",
         "Mean ± 95 % CI over evaluation seeds"
-        + (", averaged over sites weighted by test-split size." if federated else ", pooled real test split.")
-        + " `real` is the reference trained on real records only.",
+        + (", averaged over sites weighted by test-split size. `real` is each site's model trained on its "
+           "own real records only; `unguided` / `tardiff` are trained on the site's synthetic records, "
+           "sampled locally from the federated generator."
+           if federated else ", pooled real test split. `real` is the reference trained on real records only."),
         "",
     ]
     lines += _score_table(metrics["tstr"])

@@ -96,3 +96,23 @@ def plot_metric_bars(tstr: dict[str, dict], path: str | Path, title: str = "TSTR
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_site_bars(site_tstr: dict[str, dict[str, dict]], path: str | Path, metric: str = "auprc") -> None:
+    """Grouped bars: one group per site, one bar per method (``site_tstr[site][method][metric]``)."""
+    sites = list(site_tstr)
+    methods = list(next(iter(site_tstr.values())))
+    width = 0.8 / max(len(methods), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(sites)), 3.4))
+    for k, m in enumerate(methods):
+        vals = [site_tstr[s][m].get(metric, np.nan) for s in sites]
+        errs = [(site_tstr[s][m].get("ci95") or {}).get(metric) for s in sites]
+        errs = [0.0 if e is None or not np.isfinite(e) else e for e in errs]
+        ax.bar(np.arange(len(sites)) + k * width, vals, width, yerr=errs, capsize=3, label=m, color=_color(m, k))
+    ax.set_xticks(np.arange(len(sites)) + width * (len(methods) - 1) / 2, sites)
+    ax.set_ylabel(metric)
+    ax.set_title(f"TSTR {metric} per site (each site's own test split)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

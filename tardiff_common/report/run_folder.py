@@ -3,11 +3,13 @@
 ``atomic_run_folder(path)`` yields a hidden sibling staging folder; on success it is renamed
 to ``path`` in one step, on any error it is deleted, so a crashed run never leaves a
 half-written report behind. An existing ``path`` is never overwritten (no data is lost).
-``write_json_atomic`` / ``write_bytes_atomic`` do the same for single files (checkpoints).
+``write_json_atomic`` / ``write_bytes_atomic`` / ``write_npz_atomic`` do the same for single
+files (checkpoints, a site's synthetic data).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_run_folder", "write_json_atomic", "write_bytes_atomic", "to_jsonable"]
+__all__ = ["atomic_run_folder", "write_json_atomic", "write_bytes_atomic", "write_npz_atomic", "to_jsonable"]
 
 
 @contextmanager
@@ -67,3 +69,10 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj: object) -> None:
     write_bytes_atomic(path, (json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n").encode())
+
+
+def write_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """``np.savez_compressed`` that replaces ``path`` in one step (never a truncated file)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    write_bytes_atomic(path, buffer.getvalue())

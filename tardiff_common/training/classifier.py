@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .proximal import ProximalTerm
+
 __all__ = ["ClassifierTrainConfig", "train_classifier", "predict_proba", "positive_class_weight"]
 
 
@@ -54,12 +56,14 @@ def train_classifier(
     *,
     seed: int,
     pos_weight: float | None = None,
+    proximal_mu: float = 0.0,
     progress: bool = False,
     desc: str = "classifier",
 ) -> dict:
     """Train ``model`` in place on x [N, C, L], y [N]. Returns {"loss": last-epoch mean, "steps"}.
 
-    ``pos_weight`` overrides the weight derived from ``y`` (a federation passes the global one).
+    ``pos_weight`` overrides the weight derived from ``y`` (a federation passes the global one);
+    ``proximal_mu`` > 0 adds FedProx's (mu/2)||w - w_start||^2.
     """
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
@@ -71,6 +75,7 @@ def train_classifier(
         dataset, batch_size=min(config.batch_size, len(dataset)), shuffle=True, generator=generator
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    proximal = ProximalTerm(model, proximal_mu)
     model.train()
     steps, losses = 0, []
     for _ in tqdm(range(config.epochs), desc=desc, disable=not progress, leave=False):
@@ -79,7 +84,7 @@ def train_classifier(
             xb, yb = xb.to(device), yb.to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = F.binary_cross_entropy_with_logits(model(xb), yb.float(), pos_weight=pw)
-            loss.backward()
+            (loss + proximal(model)).backward()
             if config.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()

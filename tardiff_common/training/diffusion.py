@@ -16,13 +16,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..models.unet1d import UNet1D
 from ..diffusion.ema import EMA
 from ..diffusion.schedule import NoiseSchedule
+from ..models.unet1d import UNet1D
+from .proximal import ProximalTerm
 
 __all__ = ["DiffusionTrainConfig", "diffusion_loss", "train_diffusion"]
 
@@ -78,10 +78,14 @@ def train_diffusion(
     *,
     seed: int,
     ema: EMA | None = None,
+    proximal_mu: float = 0.0,
     progress: bool = False,
     desc: str = "diffusion",
 ) -> dict:
-    """Train ``model`` in place on x [N, C, L], y [N]; returns {"loss": mean last-epoch loss, "steps"}."""
+    """Train ``model`` in place on x [N, C, L], y [N]; returns {"loss": mean last-epoch loss, "steps"}.
+
+    ``proximal_mu`` > 0 adds FedProx's (mu/2)||w - w_start||^2 to every step's loss.
+    """
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     xt = torch.as_tensor(x, dtype=torch.float32)
@@ -91,16 +95,17 @@ def train_diffusion(
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=min(config.batch_size, len(dataset)), shuffle=True, generator=generator
     )
+    proximal = ProximalTerm(model, proximal_mu)
     model.train()
     steps, last_losses = 0, []
-    for epoch in tqdm(range(config.epochs), desc=desc, disable=not progress, leave=False):
+    for _ in tqdm(range(config.epochs), desc=desc, disable=not progress, leave=False):
         last_losses = []
         for xb, yb in loader:
             optimizer.zero_grad(set_to_none=True)
             loss = diffusion_loss(
                 model, schedule, xb.to(device), yb.to(device), generator=generator, loss=config.loss
             )
-            loss.backward()
+            (loss + proximal(model)).backward()
             if config.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()

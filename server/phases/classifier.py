@@ -1,0 +1,50 @@
+"""Phase 1: FedAvg (or FedProx) of the downstream classifier f_theta for ``classifier-rounds``.
+
+The server initializes f_theta with the run seed (the same weights the centralized pipeline
+starts from), each round every site trains ``classifier-train.epochs`` local epochs from the
+global weights, and Flower's strategy averages the replies weighted by training records.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ConfigRecord
+
+from client import protocol as P
+from tardiff_common.pipeline.phases import new_classifier
+from tardiff_common.serialization import module_to_numpy
+
+from ..run import ServerRun
+from ..strategies import phase_strategy
+from .normalization import normalizer_record
+
+__all__ = ["run_classifier_phase", "global_pos_weight"]
+
+
+def global_pos_weight(run: ServerRun) -> float:
+    """n_neg / n_pos over all sites' training splits for "balanced" weighting, else 1."""
+    if run.config.classifier_train.class_weighting != "balanced":
+        return 1.0
+    pos, total = run.state["train_positives"], run.state["train_records"]
+    return (total - pos) / pos
+
+
+def run_classifier_phase(run: ServerRun) -> None:
+    cfg = run.config
+    channels = len(next(iter(run.sites.values())).channels)
+    initial = module_to_numpy(new_classifier(cfg, channels, torch.device("cpu")))
+    expected = {P.ARRAYS: {k: v.shape for k, v in initial.items()}}
+    arrays = P.to_array_record(initial)
+    strategy = phase_strategy(P.TRAIN_CLASSIFIER, strategy=cfg.federation.strategy, num_sites=len(run.sites),
+                              proximal_mu=cfg.federation.proximal_mu,
+                              extra_records={P.NORMALIZER: normalizer_record(run)})
+    pos_weight = global_pos_weight(run)
+    for r in range(1, cfg.federation.classifier_rounds + 1):
+        messages = strategy.configure_train(r, arrays, ConfigRecord({"pos-weight": pos_weight}), run.grid)
+        replies = run.send("classifier", r, messages, expected_arrays=expected)
+        aggregated, metrics = strategy.aggregate_train(r, replies)
+        arrays = aggregated
+        run.state["classifier"] = P.from_array_record(arrays)
+        run.log(f"[classifier] round {r}/{cfg.federation.classifier_rounds}: "
+                f"{len(replies)} sites, loss {float(metrics['loss']):.4f}")
+        run.checkpoint("classifier", r)

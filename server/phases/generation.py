@@ -1,0 +1,64 @@
+"""Phase 4: generation and evaluation at the sites; metrics only come back.
+
+The server broadcasts the EMA U-Net, theta*, g and the normalizer; each site samples a guided
+("tardiff") and an unguided set of ``generation.ratio`` x its training size, keeps them on its
+own disk, trains downstream classifiers on them (TSTR) and on its real records (+ synthetic,
+TSRTR), scores them on its own test split and returns the scores. The server pools the
+per-seed scores weighted by test-split size (``weighted_summary``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import ConfigRecord, RecordDict
+
+from client import protocol as P
+from tardiff_common.metrics.summary import weighted_summary
+
+from ..run import ServerRun
+from .normalization import normalizer_record
+
+__all__ = ["run_generation_phase", "pool_site_metrics"]
+
+
+def run_generation_phase(run: ServerRun) -> None:
+    unet = run.state["unet"]
+    ema = {k[len("ema."):]: v for k, v in unet.items() if k.startswith("ema.")}
+    content = RecordDict({
+        P.ARRAYS: P.to_array_record(ema),
+        P.CLASSIFIER: P.to_array_record(run.state["classifier"]),
+        P.DIRECTION: P.to_array_record(run.state["direction"]),
+        P.NORMALIZER: normalizer_record(run),
+        P.CONFIG: ConfigRecord({"run-name": run.run_name}),
+    })
+    replies = run.query("generation", P.GENERATE, content)
+    site_metrics = {}
+    for reply in replies:
+        site = run.site_of(reply)
+        site_metrics[site.name] = P.from_metric_record(reply.content[P.METRICS])
+    run.state["site_metrics"] = site_metrics
+    run.log(f"[generation] {len(site_metrics)} sites sampled and evaluated locally: " + ", ".join(
+        f"{name} TSTR AUROC tardiff {m['tstr']['tardiff']['auroc']:.3f} / unguided {m['tstr']['unguided']['auroc']:.3f}"
+        for name, m in site_metrics.items()))
+
+
+def pool_site_metrics(site_metrics: dict[str, dict]) -> dict:
+    """Site-weighted (by test size) TSTR / TSRTR summaries, theta*'s scores and mean influence."""
+    names = sorted(site_metrics)
+    weights = [float(site_metrics[n]["test_size"]) for n in names]
+    first = site_metrics[names[0]]
+    tstr = {m: weighted_summary([site_metrics[n]["tstr"][m] for n in names], weights) for m in first["tstr"]}
+    tsrtr = {
+        m: {r: weighted_summary([site_metrics[n]["tsrtr"][m][r] for n in names], weights) for r in ratios}
+        for m, ratios in first["tsrtr"].items()
+    }
+    global_scores = {}
+    for key in first["global_classifier"]:
+        vals = np.array([site_metrics[n]["global_classifier"][key] for n in names], dtype=float)
+        w = np.asarray(weights) * np.isfinite(vals)
+        global_scores[key] = float(np.nansum(vals * w) / w.sum()) if w.sum() else float("nan")
+    influence = {
+        k: float(np.average([site_metrics[n]["influence"][k] for n in names], weights=weights))
+        for k in first["influence"]
+    }
+    return {"tstr": tstr, "tsrtr": tsrtr, "global_classifier": global_scores, "influence": influence}

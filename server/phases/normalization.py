@@ -1,0 +1,84 @@
+"""Phase 0: federated normalization statistics.
+
+(a) ``query.stats``: each site returns per-channel count / sum / sum of squares of its
+    observed training values, and its record counts; the server adds them.
+(b) ``query.histogram``: with the global moments every site builds the same fixed grid and
+    returns its value counts per bin; the server adds them.
+The sums equal the pooled statistics exactly, so the fitted normalizer is the one a central
+curator would fit on the pooled training data. No value of any record is sent.
+"""
+
+from __future__ import annotations
+
+from flwr.app import ConfigRecord, RecordDict
+
+from client import protocol as P
+from tardiff_common.data.normalize import ChannelHistogram, ChannelMoments, histogram_edges_from_moments, make_normalizer
+from tardiff_common.serialization import normalizer_to_numpy
+
+from ..run import ServerRun, SiteInfo
+
+__all__ = ["run_normalization"]
+
+
+def run_normalization(run: ServerRun) -> None:
+    nodes = run.wait_for_nodes()
+    replies = run.query("normalization", P.STATS, RecordDict({P.CONFIG: ConfigRecord({})}), node_ids=nodes)
+    moments_parts = []
+    for reply in replies:
+        site = reply.content[P.SITE]
+        metrics = dict(reply.content[P.METRICS].items())
+        info = SiteInfo(
+            node_id=reply.metadata.src_node_id,
+            name=str(site["name"]),
+            index=int(site["index"]),
+            counts={k: int(v) for k, v in metrics.items() if k not in ("missing-fraction",)},
+            channels=tuple(site["channels"]),
+            length=int(metrics["length"]),
+            missing_fraction=[float(v) for v in metrics["missing-fraction"]],
+        )
+        run.sites[info.node_id] = info
+        c = info.counts
+        run.audit.register_site(info.node_id, info.name, [c["train"], c["guidance"], c["test"],
+                                                          c["train"] + c["guidance"] + c["test"]],
+                                len(info.channels), info.length)
+        arrays = P.from_array_record(reply.content[P.MOMENTS])
+        moments_parts.append(ChannelMoments.from_arrays([arrays["count"], arrays["total"], arrays["total_sq"]]))
+    _check_same_shape(list(run.sites.values()))
+    names = [s.name for s in run.sites.values()]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two nodes serve the same site name: {sorted(names)}")
+    moments = sum(moments_parts[1:], moments_parts[0])
+
+    replies = run.query("normalization", P.HISTOGRAM,
+                        RecordDict({P.MOMENTS: P.to_array_record(dict(zip(("count", "total", "total_sq"),
+                                                                          moments.to_arrays())))}),
+                        expected_arrays=None)
+    edges = histogram_edges_from_moments(moments)
+    hist = ChannelHistogram(edges, sum(P.from_array_record(r.content[P.HIST])["counts"] for r in replies))
+    normalizer = make_normalizer(run.config.data.normalizer, moments, hist)
+    run.state["normalizer"] = normalizer_to_numpy(normalizer)
+    total = sum(s.counts["train"] for s in run.sites.values())
+    positives = sum(s.counts["train-positives"] for s in run.sites.values())
+    run.state["train_records"] = total
+    run.state["train_positives"] = positives
+    if positives == 0 or positives == total:
+        raise ValueError("the sites' pooled training splits hold only one class; TarDiff needs both")
+    run.log(f"[normalization] {len(run.sites)} sites: " + ", ".join(
+        f"{s.name} ({s.counts['train']} train, {s.counts['train-positives']} positive)" for s in run.sites.values()))
+    run.checkpoint("normalization", 0)
+
+
+def _check_same_shape(sites: list[SiteInfo]) -> None:
+    first = sites[0]
+    for s in sites[1:]:
+        if s.channels != first.channels or s.length != first.length:
+            raise ValueError(
+                f"site {s.name!r} has channels {s.channels} x {s.length} steps, site {first.name!r} has "
+                f"{first.channels} x {first.length}; all sites must share one data layout"
+            )
+
+
+def normalizer_record(run: ServerRun):
+    return P.to_array_record(run.state["normalizer"])
+
