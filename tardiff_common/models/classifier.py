@@ -4,8 +4,9 @@
   concatenated final hidden states of the last layer feed a linear head. ``rnn="opacus"``
   swaps ``torch.nn.GRU`` for Opacus' ``DPGRU`` (same parameter names and shapes, built from
   Linear layers) so per-sample gradients exist for differential privacy.
-* ``ConvClassifier`` — a small temporal CNN (dilated Conv1d + GroupNorm + GELU, global
-  average pooling). Smooth activations keep the influence gradient well defined everywhere.
+* ``ConvClassifier`` — a small temporal CNN (dilated Conv1d + GELU, global average and max
+  pooling). No normalization layer, so absolute levels (a heart rate of 130 vs 80) survive to
+  the head; smooth activations keep the influence gradient well defined almost everywhere.
 
 Loss: binary cross-entropy on the logit, L(x, y; theta) = BCEWithLogits(f_theta(x), y).
 """
@@ -78,7 +79,8 @@ class GRUClassifier(nn.Module):
 
 
 class ConvClassifier(nn.Module):
-    """Dilated temporal CNN: num_layers x (Conv1d k=5, GroupNorm, GELU), mean-pool, Linear."""
+    """Dilated temporal CNN: num_layers x (Conv1d k=5, dilation 2^i, GELU); [mean, max] over
+    time; Linear. Receptive field 1 + 4 (2^layers - 1) steps."""
 
     def __init__(self, in_channels: int, config: ClassifierConfig):
         super().__init__()
@@ -86,19 +88,16 @@ class ConvClassifier(nn.Module):
         width = in_channels
         for i in range(config.num_layers):
             dilation = 2**i
-            layers += [
-                nn.Conv1d(width, config.hidden, 5, padding=2 * dilation, dilation=dilation),
-                nn.GroupNorm(min(8, config.hidden), config.hidden),
-                nn.GELU(),
-            ]
+            layers += [nn.Conv1d(width, config.hidden, 5, padding=2 * dilation, dilation=dilation), nn.GELU()]
             width = config.hidden
         self.features = nn.Sequential(*layers)
         self.dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(config.hidden, 1)
+        self.head = nn.Linear(2 * config.hidden, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.features(x).mean(dim=-1)
-        return self.head(self.dropout(h)).squeeze(-1)
+        h = self.features(x)
+        pooled = torch.cat([h.mean(dim=-1), h.amax(dim=-1)], dim=-1)
+        return self.head(self.dropout(pooled)).squeeze(-1)
 
 
 def build_classifier(in_channels: int, config: ClassifierConfig = ClassifierConfig()) -> nn.Module:

@@ -1,0 +1,147 @@
+"""Discriminative score (Yoon et al., TimeGAN, NeurIPS 2019): can a post-hoc classifier tell
+synthetic series from real ones?
+
+Protocol (``discriminative_score``):
+
+1. Balance: n = min(N_real, N_syn, ``max_records``) records are drawn (seeded, without
+   replacement) from each of real x_r [N_real, C, L] and synthetic x_s [N_syn, C, L]
+   (float32, the model's normalized scale).
+2. Split each set 80/20 (``train_fraction``) into train / held-out parts; the classifier sees
+   n_train real (label 1) + n_train synthetic (label 0) records.
+3. Classifier: a unidirectional ``torch.nn.GRU`` (``num_layers`` = 2) over time, hidden size
+   ``hidden`` (0 = ``max(C // 2, 4)``, TimeGAN's "half the feature dimension" with a floor),
+   whose last-layer final state feeds a linear logit. Loss: BCE-with-logits; Adam.
+4. Score = |acc - 0.5|, acc = accuracy at P(real) >= 0.5 on the balanced held-out part.
+   0 means indistinguishable (best); 0.5 means perfectly separable.
+
+All randomness (subsampling, split, weight initialization, batch order) derives from
+``seed``; the global torch RNG is left untouched. The helpers ``default_hidden``,
+``subsample`` and ``seeded_init`` are shared with :mod:`.predictive`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "DiscriminativeConfig",
+    "GRUDiscriminator",
+    "discriminative_score",
+    "default_hidden",
+    "subsample",
+    "seeded_init",
+]
+
+
+@dataclass(frozen=True)
+class DiscriminativeConfig:
+    """Post-hoc real-vs-synthetic GRU. ``hidden`` = 0 picks ``max(C // 2, 4)``."""
+
+    hidden: int = 0
+    num_layers: int = 2
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    train_fraction: float = 0.8
+    max_records: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.hidden < 0 or self.num_layers < 1 or self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("hidden >= 0, num_layers >= 1, epochs >= 0, batch_size >= 1 and lr > 0 are required")
+        if not 0.0 < self.train_fraction < 1.0:
+            raise ValueError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
+        if self.max_records < 2:
+            raise ValueError("max_records must be >= 2")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_hidden(channels: int, hidden: int = 0) -> int:
+    """``hidden`` if positive, else TimeGAN's ``channels // 2`` floored at 4."""
+    return int(hidden) if hidden > 0 else max(int(channels) // 2, 4)
+
+
+def subsample(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` records of x [N, ...] drawn without replacement (all of x, shuffled, if n >= N)."""
+    idx = rng.permutation(len(x))[: min(int(n), len(x))]
+    return np.asarray(x[idx], dtype=np.float32)
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int):
+    """Build modules inside this block to get weights that depend only on ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        yield
+
+
+class GRUDiscriminator(nn.Module):
+    """x [B, C, L] -> logit [B] of "real": GRU over time, Linear on the last layer's h_T."""
+
+    def __init__(self, channels: int, hidden: int, num_layers: int = 2):
+        super().__init__()
+        self.rnn = nn.GRU(channels, hidden, num_layers=num_layers, batch_first=True)
+        self.head = nn.Linear(hidden, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, h_n = self.rnn(x.transpose(1, 2))  # h_n [layers, B, hidden]
+        return self.head(h_n[-1]).squeeze(-1)
+
+
+def _check(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 3 or len(x) == 0:
+        raise ValueError(f"{name} must be a non-empty [N, C, L] array, got shape {x.shape}")
+    return x
+
+
+def discriminative_score(
+    real_x: np.ndarray,
+    synthetic_x: np.ndarray,
+    *,
+    seed: int,
+    config: DiscriminativeConfig = DiscriminativeConfig(),
+) -> dict[str, float]:
+    """{"discriminative": |acc - 0.5|, "discriminative_accuracy": acc} on the held-out part.
+
+    real_x [N_real, C, L], synthetic_x [N_syn, C, L] (same C and L), float32, normalized scale.
+    """
+    real_x, synthetic_x = _check(real_x, "real_x"), _check(synthetic_x, "synthetic_x")
+    if real_x.shape[1:] != synthetic_x.shape[1:]:
+        raise ValueError(f"real {real_x.shape[1:]} and synthetic {synthetic_x.shape[1:]} shapes differ")
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 101]))
+    n = min(len(real_x), len(synthetic_x), config.max_records)
+    if n < 2:
+        raise ValueError("need at least 2 real and 2 synthetic records")
+    n_train = min(max(int(round(config.train_fraction * n)), 1), n - 1)
+    xr, xs = subsample(real_x, n, rng), subsample(synthetic_x, n, rng)
+    x_train = torch.from_numpy(np.concatenate([xr[:n_train], xs[:n_train]]))
+    y_train = torch.cat([torch.ones(n_train), torch.zeros(n_train)])
+    x_test = torch.from_numpy(np.concatenate([xr[n_train:], xs[n_train:]]))
+    y_test = torch.cat([torch.ones(n - n_train), torch.zeros(n - n_train)])
+
+    channels = real_x.shape[1]
+    with seeded_init(seed):
+        model = GRUDiscriminator(channels, default_hidden(channels, config.hidden), config.num_layers)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    model.train()
+    for _ in range(config.epochs):
+        order = torch.from_numpy(rng.permutation(len(x_train)))
+        for start in range(0, len(order), config.batch_size):
+            batch = order[start : start + config.batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.binary_cross_entropy_with_logits(model(x_train[batch]), y_train[batch])
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(x_test[s : s + 1024]) for s in range(0, len(x_test), 1024)])
+    accuracy = float(((logits >= 0).float() == y_test).float().mean())
+    return {"discriminative": abs(accuracy - 0.5), "discriminative_accuracy": accuracy}

@@ -1,0 +1,121 @@
+"""Predictive score (Yoon et al., TimeGAN, NeurIPS 2019): train on synthetic, test on real,
+for one-step-ahead prediction.
+
+A GRU (``torch.nn.GRU``, ``num_layers`` layers, hidden ``hidden``; 0 = ``max(C // 2, 4)``)
+reads a series step by step and a linear head predicts the next step. Two targets:
+
+* ``target="all"`` (default): from all channels x[:, :, :t+1] predict every channel at t+1,
+  i.e. inputs x[:, :, 0:L-1] -> targets x[:, :, 1:L] ([B, C, L-1]). This is "predict the
+  next-step values of the series" and works for univariate data.
+* ``target="last_channel"``: the released TimeGAN code's variant, channels 0..C-2 at steps
+  0..L-2 -> channel C-1 at steps 1..L-1 ([B, L-1]); needs C >= 2.
+
+Training: MAE (L1) loss on synthetic records x_s [N_syn, C, L], Adam. Score: MAE of the
+trained predictor on real records x_r [N_real, C, L], averaged over records, predicted steps
+and predicted channels (lower is better; compare with the same predictor trained on real data
+for a reference). Inputs are float32 on the model's normalized scale; at most ``max_records``
+records of each set are used (seeded subsample). Deterministic under ``seed``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .discriminative import default_hidden, seeded_init, subsample
+
+__all__ = ["PredictiveConfig", "GRUPredictor", "predictive_score", "TARGETS"]
+
+TARGETS = ("all", "last_channel")
+
+
+@dataclass(frozen=True)
+class PredictiveConfig:
+    """One-step-ahead GRU trained on synthetic data. ``hidden`` = 0 picks ``max(C // 2, 4)``."""
+
+    target: str = "all"
+    hidden: int = 0
+    num_layers: int = 2
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    max_records: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.hidden < 0 or self.num_layers < 1 or self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("hidden >= 0, num_layers >= 1, epochs >= 0, batch_size >= 1 and lr > 0 are required")
+        if self.max_records < 1:
+            raise ValueError("max_records must be >= 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class GRUPredictor(nn.Module):
+    """inputs [B, C_in, T] -> predictions [B, C_out, T] (one per input step)."""
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int, num_layers: int = 2):
+        super().__init__()
+        self.rnn = nn.GRU(in_channels, hidden, num_layers=num_layers, batch_first=True)
+        self.head = nn.Linear(hidden, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.rnn(x.transpose(1, 2))  # [B, T, hidden]
+        return self.head(h).transpose(1, 2)
+
+
+def _inputs_targets(x: torch.Tensor, target: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if target == "all":
+        return x[:, :, :-1], x[:, :, 1:]
+    return x[:, :-1, :-1], x[:, -1:, 1:]
+
+
+def predictive_score(
+    real_x: np.ndarray,
+    synthetic_x: np.ndarray,
+    *,
+    seed: int,
+    config: PredictiveConfig = PredictiveConfig(),
+) -> dict[str, float]:
+    """{"predictive_mae": MAE on real_x of the next-step GRU trained on synthetic_x}.
+
+    real_x [N_real, C, L], synthetic_x [N_syn, C, L], L >= 2 (C >= 2 for "last_channel").
+    """
+    real_x, synthetic_x = np.asarray(real_x), np.asarray(synthetic_x)
+    if real_x.ndim != 3 or real_x.shape[1:] != synthetic_x.shape[1:] or not len(real_x) or not len(synthetic_x):
+        raise ValueError(f"need non-empty [N, C, L] arrays of equal C, L; got {real_x.shape}, {synthetic_x.shape}")
+    channels, length = real_x.shape[1:]
+    if length < 2:
+        raise ValueError("series need at least 2 steps")
+    if config.target == "last_channel" and channels < 2:
+        raise ValueError("target='last_channel' needs at least 2 channels")
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 202]))
+    xs = torch.from_numpy(subsample(synthetic_x, config.max_records, rng))
+    xr = torch.from_numpy(subsample(real_x, config.max_records, rng))
+    c_in, c_out = (channels, channels) if config.target == "all" else (channels - 1, 1)
+    with seeded_init(seed):
+        model = GRUPredictor(c_in, c_out, default_hidden(channels, config.hidden), config.num_layers)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    model.train()
+    for _ in range(config.epochs):
+        order = torch.from_numpy(rng.permutation(len(xs)))
+        for start in range(0, len(order), config.batch_size):
+            inputs, targets = _inputs_targets(xs[order[start : start + config.batch_size]], config.target)
+            optimizer.zero_grad(set_to_none=True)
+            loss = (model(inputs) - targets).abs().mean()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(xr), 1024):
+            inputs, targets = _inputs_targets(xr[start : start + 1024], config.target)
+            err = (model(inputs) - targets).abs()
+            total += float(err.double().sum())
+            count += err.numel()
+    return {"predictive_mae": total / count}
