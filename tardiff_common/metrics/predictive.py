@@ -1,8 +1,10 @@
 """Predictive score (Yoon et al., TimeGAN, NeurIPS 2019): train on synthetic, test on real,
 for one-step-ahead prediction.
 
-A GRU (``torch.nn.GRU``, ``num_layers`` layers, hidden ``hidden``; 0 = ``max(C // 2, 4)``)
-reads a series step by step and a linear head predicts the next step. Two targets:
+A GRU (``torch.nn.GRU``, ``num_layers`` = 2 layers, hidden ``hidden`` = 16; 0 = TimeGAN's
+``max(C // 2, 4)``, which underfits in a few epochs) reads a series step by step and a linear
+head predicts the next step (linear, not TimeGAN's sigmoid: the normalized scale is not
+[0, 1]). Two targets:
 
 * ``target="all"`` (default): from all channels x[:, :, :t+1] predict every channel at t+1,
   i.e. inputs x[:, :, 0:L-1] -> targets x[:, :, 1:L] ([B, C, L-1]). This is "predict the
@@ -10,7 +12,7 @@ reads a series step by step and a linear head predicts the next step. Two target
 * ``target="last_channel"``: the released TimeGAN code's variant, channels 0..C-2 at steps
   0..L-2 -> channel C-1 at steps 1..L-1 ([B, L-1]); needs C >= 2.
 
-Training: MAE (L1) loss on synthetic records x_s [N_syn, C, L], Adam. Score: MAE of the
+Training: MAE (L1) loss on synthetic records x_s [N_syn, C, L], Adam (lr 5e-3), ``epochs`` passes raised until at least ``min_steps`` minibatches ran. Score: MAE of the
 trained predictor on real records x_r [N_real, C, L], averaged over records, predicted steps
 and predicted channels (lower is better; compare with the same predictor trained on real data
 for a reference). Inputs are float32 on the model's normalized scale; at most ``max_records``
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .discriminative import default_hidden, seeded_init, subsample
+from .discriminative import default_hidden, seeded_init, subsample, training_epochs
 
 __all__ = ["PredictiveConfig", "GRUPredictor", "predictive_score", "TARGETS"]
 
@@ -37,18 +39,20 @@ class PredictiveConfig:
     """One-step-ahead GRU trained on synthetic data. ``hidden`` = 0 picks ``max(C // 2, 4)``."""
 
     target: str = "all"
-    hidden: int = 0
+    hidden: int = 16
     num_layers: int = 2
     epochs: int = 10
+    min_steps: int = 200
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 5e-3
     max_records: int = 2000
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
-        if self.hidden < 0 or self.num_layers < 1 or self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("hidden >= 0, num_layers >= 1, epochs >= 0, batch_size >= 1 and lr > 0 are required")
+        if self.hidden < 0 or self.num_layers < 1 or self.epochs < 0 or self.min_steps < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("hidden >= 0, num_layers >= 1, epochs >= 0, min_steps >= 0, batch_size >= 1 and lr > 0 "
+                             "are required")
         if self.max_records < 1:
             raise ValueError("max_records must be >= 1")
 
@@ -102,7 +106,7 @@ def predictive_score(
         model = GRUPredictor(c_in, c_out, default_hidden(channels, config.hidden), config.num_layers)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     model.train()
-    for _ in range(config.epochs):
+    for _ in range(training_epochs(config.epochs, config.min_steps, len(xs), config.batch_size)):
         order = torch.from_numpy(rng.permutation(len(xs)))
         for start in range(0, len(order), config.batch_size):
             inputs, targets = _inputs_targets(xs[order[start : start + config.batch_size]], config.target)

@@ -15,6 +15,7 @@ Arrays: x [N, C, L] float32 (normalized scale), y [N] int64.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ..models.classifier import build_classifier
 from ..pipeline.config import EvaluationConfig, derive_seed
@@ -40,8 +41,10 @@ def score_training_set(
     x_train, y_train = train
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in tests}
     for seed in config.seeds:
+        run_seed = derive_seed(seed, tag)
+        torch.manual_seed(run_seed)  # fresh weights depend on the run's seed, not on what ran before
         model = build_classifier(x_train.shape[1], config.classifier_config()).to(device)
-        train_classifier(model, x_train, y_train, config.train_config(), seed=derive_seed(seed, tag))
+        train_classifier(model, x_train, y_train, config.train_config(), seed=run_seed)
         threshold = f1_threshold(validation[1], predict_proba(model, validation[0]))
         for name, (x_test, y_test) in tests.items():
             runs[name].append(binary_scores(y_test, predict_proba(model, x_test), threshold))
