@@ -3,6 +3,13 @@
 Each handler turns the server's message into calls of ``tardiff_common.pipeline.phases`` on
 this site's records and answers with parameters, sums, counts or metrics only. Synthetic
 records stay on the site's disk.
+
+Privacy (``privacy.*``, docs/PRIVACY.md): with DP on, the influence handler releases a clipped
+and noised G_k and the training handlers run DP-SGD; every DP step is appended to the site's
+ledger in ``context.state`` (``protocol.PRIVACY_LEDGER``) and checked against
+``privacy.max-epsilon`` *before* it runs (a refusal is an error reply naming site, phase and the
+epsilon it would reach). Replies carry the site's epsilon as metrics ("privacy/..."). With
+``privacy.secure-aggregation`` the influence step runs as the SecAgg+ "train" handler below.
 """
 
 from __future__ import annotations
@@ -12,11 +19,19 @@ import warnings
 import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.compat.common import recorddict_compat as compat
 
 from tardiff_common.data.normalize import ChannelMoments
 from tardiff_common.diffusion.ema import EMA
+from tardiff_common.influence.gradient_sum import GradientSum
+from tardiff_common.metrics.membership import membership_inference
 from tardiff_common.pipeline import phases
+from tardiff_common.pipeline.config import derive_seed
+from tardiff_common.privacy.accounting import Entry, PrivacyBudgetExceeded, PrivacyLedger
+from tardiff_common.privacy.plan import SitePlan, plan_site
 from tardiff_common.report.run_folder import write_npz_atomic
 from tardiff_common.serialization import load_module_numpy, module_to_numpy, normalizer_from_numpy
 
@@ -49,6 +64,79 @@ def _site_record(site: Site) -> ConfigRecord:
 
 def _reply(msg: Message, **records) -> Message:
     return Message(RecordDict(records), reply_to=msg)
+
+
+# ----------------------------------------------------------------------------- privacy
+
+
+def _plan(site: Site, context: Context) -> SitePlan:
+    """The site's DP schedule with solved noise multipliers (cached in ``context.state``)."""
+    fed = site.config.federation
+    if P.PRIVACY_PLAN in context.state.config_records:
+        entries = P.load_ledger(context, P.PRIVACY_PLAN).entries
+    else:
+        plan = plan_site(site.config, len(site.splits.train.y))
+        entries = [e for e in (plan.gradient_sum, plan.classifier_round, plan.diffusion_round) if e is not None]
+        P.save_ledger(context, PrivacyLedger(entries), P.PRIVACY_PLAN)
+    by_phase = {e.phase: e for e in entries}
+    return SitePlan(by_phase.get("influence"), by_phase.get("classifier"), by_phase.get("diffusion"),
+                    fed.classifier_rounds, fed.diffusion_rounds)
+
+
+def _check_budget(site: Site, context: Context, planned: Entry, step: str) -> None:
+    """Raise ``PrivacyBudgetExceeded`` if ``planned`` would take the site over ``privacy.max-epsilon``."""
+    p = site.config.privacy
+    P.load_ledger(context).check_budget([planned], site=site.name, phase=step, delta=p.delta,
+                                        accountant=p.accountant, max_epsilon=p.max_epsilon)
+
+
+def _record(site: Site, context: Context, entries: list[Entry], phase: str) -> dict:
+    """Append ``entries`` to the site's ledger; {"privacy": {"epsilon": total, phase: {...}}} metrics."""
+    p = site.config.privacy
+    ledger = P.load_ledger(context)
+    ledger.add(entries)
+    P.save_ledger(context, ledger)
+    summary = ledger.summary(p.delta, p.accountant)
+    return {"privacy": {"epsilon": summary["epsilon"], "delta": p.delta, phase: summary[phase]}}
+
+
+def _site_gradient_sum(site: Site, context: Context, data: phases.NormalizedSplits,
+                       model: torch.nn.Module) -> tuple[GradientSum, dict]:
+    """G_k (DP-released when ``privacy.gradient-sum-dp``) and the metrics to send with it."""
+    if not site.config.privacy.gradient_sum_dp:
+        return phases.guidance_sum(model, data, site.config), {}
+    planned = _plan(site, context).gradient_sum
+    _check_budget(site, context, planned, "influence")
+    g_sum, clipped = phases.dp_guidance_sum(model, data, site.config, noise_multiplier=planned.noise_multiplier,
+                                            site_index=site.index)
+    metrics = _record(site, context, [planned], "influence")
+    metrics["privacy"]["influence"]["clipped_fraction"] = clipped.clipped_fraction
+    return g_sum, metrics
+
+
+def _dp_session(site: Site, context: Context, phase: str, server_round: int):
+    """A DP-SGD session for this round of ``phase`` (None when DP-SGD is off for it); checks the budget."""
+    p = site.config.privacy
+    if not (p.dp_sgd_classifier if phase == "classifier" else p.dp_sgd_diffusion):
+        return None
+    plan = _plan(site, context)
+    planned = plan.classifier_round if phase == "classifier" else plan.diffusion_round
+    _check_budget(site, context, planned, f"{phase} round {server_round}")
+    return phases.dp_session(site.config, planned, server_round=server_round, site_index=site.index)
+
+
+def _refusals(handler):
+    """Turn a ``PrivacyBudgetExceeded`` into an error reply carrying its message."""
+
+    def wrapped(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except PrivacyBudgetExceeded as err:
+            return P.refusal_reply(msg, str(err))
+
+    wrapped.__name__ = handler.__name__
+    wrapped.__doc__ = handler.__doc__
+    return wrapped
 
 
 # ----------------------------------------------------------------------------- phase 0
@@ -98,16 +186,23 @@ def histogram(msg: Message, context: Context) -> Message:
 
 
 @app.train("classifier")
+@_refusals
 def train_classifier(msg: Message, context: Context) -> Message:
-    """Local epochs of f_theta from the global weights (FedAvg / FedProx round)."""
+    """Local epochs of f_theta from the global weights (FedAvg / FedProx round; DP-SGD if enabled)."""
     site = load_site(context)
     data = _normalized(site, msg)
     config = P.config_from_record(msg.content[P.CONFIG])
+    server_round = int(config["server-round"])
     model = _classifier(site, P.from_array_record(msg.content[P.ARRAYS]))
-    stats = phases.classifier_round(model, data, site.config, server_round=int(config["server-round"]),
-                                    site_index=site.index, pos_weight=float(config["pos-weight"]))
+    session = _dp_session(site, context, "classifier", server_round)
+    stats = phases.classifier_round(model, data, site.config, server_round=server_round, site_index=site.index,
+                                    pos_weight=float(config["pos-weight"]),
+                                    **({"privacy": session} if session else {}))
+    metrics = {"num-examples": len(data.train_y), "loss": stats["loss"]}
+    if session:
+        metrics.update(P.flatten_metrics(_record(site, context, session.entries, "classifier")))
     return _reply(msg, **{P.ARRAYS: P.to_array_record(module_to_numpy(model)),
-                          P.METRICS: MetricRecord({"num-examples": len(data.train_y), "loss": stats["loss"]}),
+                          P.METRICS: MetricRecord(metrics),
                           P.SITE: _site_record(site)})
 
 
@@ -115,15 +210,47 @@ def train_classifier(msg: Message, context: Context) -> Message:
 
 
 @app.query("influence")
+@_refusals
 def influence(msg: Message, context: Context) -> Message:
-    """G_k = sum of per-example loss gradients over the guidance split, and its count n_k."""
+    """G_k = sum of per-example loss gradients over the guidance split, and its count n_k
+    (with ``privacy.gradient-sum-dp``: clipped per example and noised, see ``dp_gradient_sum``)."""
     site = load_site(context)
     data = _normalized(site, msg)
     model = _classifier(site, P.from_array_record(msg.content[P.CLASSIFIER]))
-    g_sum = phases.guidance_sum(model, data, site.config)
+    g_sum, extra = _site_gradient_sum(site, context, data, model)
     return _reply(msg, **{P.GRADIENT: P.to_array_record({"sum": g_sum.to_numpy()}),
-                          P.METRICS: MetricRecord({"count": g_sum.count}),
+                          P.METRICS: MetricRecord({"count": g_sum.count, **P.flatten_metrics(extra)}),
                           P.SITE: _site_record(site)})
+
+
+@app.train(mods=[secaggplus_mod])
+def secure_influence(msg: Message, context: Context) -> Message:
+    """The influence step under SecAgg+ (``privacy.secure-aggregation``; see ``server.secagg``).
+
+    Flower's ``secaggplus_mod`` runs the protocol's setup, key-sharing and unmasking stages and
+    calls this handler only in the "collect masked vectors" stage, with a legacy FitIns: the
+    classifier and normalizer arrays (names in the config) and a public ``scale``. The site
+    answers with one vector s * [G_k, n_k] (weight 1); the mod quantizes and masks it and
+    strips the plain vector from the reply, so the server only ever learns the sum over sites.
+    A budget refusal raises, so the site counts as dropped out (SecAgg+ recovers the sum of the others).
+    """
+    fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    cfg = dict(fitins.config)
+    arrays = parameters_to_ndarrays(fitins.parameters)
+    cls_names = str(cfg["classifier-names"]).split(",")
+    norm_names = str(cfg["normalizer-names"]).split(",")
+    classifier = dict(zip(cls_names, arrays[: len(cls_names)], strict=True))
+    normalizer = dict(zip(norm_names, arrays[len(cls_names):], strict=True))
+    site = load_site(context)
+    data = phases.normalize_splits(site.splits, normalizer_from_numpy(normalizer))
+    g_sum, extra = _site_gradient_sum(site, context, data, _classifier(site, classifier))
+    scale = float(cfg["scale"])
+    vector = np.concatenate([g_sum.to_numpy() * scale, [g_sum.count * scale]])
+    metrics = {k: float(v) for k, v in P.flatten_metrics(extra).items()}
+    metrics["site-index"] = site.index
+    fitres = FitRes(status=Status(code=Code.OK, message=""), parameters=ndarrays_to_parameters([vector]),
+                    num_examples=1, metrics=metrics)
+    return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
 
 
 # ----------------------------------------------------------------------------- phase 3
@@ -142,8 +269,10 @@ def join_diffusion_arrays(model: dict[str, np.ndarray], ema: dict[str, np.ndarra
 
 
 @app.train("diffusion")
+@_refusals
 def train_diffusion(msg: Message, context: Context) -> Message:
-    """Local epochs of eps_phi from the global weights, carrying the global EMA along."""
+    """Local epochs of eps_phi from the global weights, carrying the global EMA along (DP-SGD if
+    enabled; the EMA of DP weights is post-processing)."""
     site = load_site(context)
     data = _normalized(site, msg)
     config = P.config_from_record(msg.content[P.CONFIG])
@@ -152,11 +281,16 @@ def train_diffusion(msg: Message, context: Context) -> Message:
     load_module_numpy(unet, model_arrays, what="U-Net")
     ema = EMA(unet, site.config.diffusion_train.ema_decay)
     load_module_numpy(ema.shadow, ema_arrays, what="U-Net EMA")
-    stats = phases.diffusion_round(unet, ema, data, site.config, server_round=int(config["server-round"]),
-                                   site_index=site.index)
+    server_round = int(config["server-round"])
+    session = _dp_session(site, context, "diffusion", server_round)
+    stats = phases.diffusion_round(unet, ema, data, site.config, server_round=server_round,
+                                   site_index=site.index, **({"privacy": session} if session else {}))
     arrays = join_diffusion_arrays(module_to_numpy(unet), module_to_numpy(ema.shadow))
+    metrics = {"num-examples": len(data.train_y), "loss": stats["loss"]}
+    if session:
+        metrics.update(P.flatten_metrics(_record(site, context, session.entries, "diffusion")))
     return _reply(msg, **{P.ARRAYS: P.to_array_record(arrays),
-                          P.METRICS: MetricRecord({"num-examples": len(data.train_y), "loss": stats["loss"]}),
+                          P.METRICS: MetricRecord(metrics),
                           P.SITE: _site_record(site)})
 
 
@@ -184,4 +318,20 @@ def generate(msg: Message, context: Context) -> Message:
     metrics = phases.evaluate_site(classifier, synthetic, data, site.config)
     metrics["influence"] = influence_means
     metrics["synthetic-records"] = int(sum(len(y) for _, y in synthetic.values()))
+    metrics.setdefault("membership", _membership(site, data, synthetic))
+    p = site.config.privacy
+    metrics["privacy"] = P.load_ledger(context).summary(p.delta, p.accountant)
     return _reply(msg, **{P.METRICS: P.to_metric_record(metrics), P.SITE: _site_record(site)})
+
+
+def _membership(site: Site, data: phases.NormalizedSplits, synthetic: dict) -> dict:
+    """Distance-to-closest-synthetic-record attack per synthetic set, at the site: members = its
+    training records (the generator's training data), non-members = its test records."""
+    out = {}
+    for name, (x, _) in synthetic.items():
+        try:
+            out[name] = membership_inference(data.train_x, data.test_x, x,
+                                             seed=derive_seed(site.config.seed, 6, site.index))
+        except ValueError:  # fewer than 2 members or non-members
+            out[name] = {"mia_auc": float("nan")}
+    return out

@@ -111,7 +111,7 @@ class MessageAudit:
                     entry.metric_lists[f"{key}/{name}"] = len(value)
                     if self._record_shaped((len(value),), site):
                         problems.append(f"metric {key}/{name} is a list of {len(value)} values (one per record?)")
-        for key, record in reply.content.config_records.items():
+        for record in reply.content.config_records.values():
             entry.bytes += len(json.dumps({k: (v if not isinstance(v, bytes) else len(v)) for k, v in record.items()}))
         self.entries.append(entry)
         if problems:

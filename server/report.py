@@ -4,6 +4,11 @@ The schema matches the centralized pipeline's ("tstr" / "tsrtr" / "influence" / 
 plus ``"federated": true``, per-site results, participation per phase and round, bytes per
 site and message type, and, when a centralized baseline run on the same data and config is
 found (``output.baseline``), a federated-vs-centralized comparison.
+
+Privacy: ``"privacy"`` lists epsilon, delta, sigma and C per site and per DP phase plus each
+site's total (its own Opacus accountant over everything it released; never summed across
+sites), ``"privacy_settings"`` the DP / SecAgg+ configuration, and ``"membership"`` the
+distance-to-closest-record attack AUC per synthetic set, pooled over sites by test size.
 """
 
 from __future__ import annotations
@@ -11,11 +16,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from tardiff_common.report.markdown import render_report
 from tardiff_common.report.plots import plot_metric_bars, plot_site_bars
 from tardiff_common.report.run_folder import to_jsonable, write_bytes_atomic, write_json_atomic
 
 from .phases.generation import pool_site_metrics
+from .privacy import privacy_rows
 from .run import ServerRun
 
 __all__ = ["write_federated_report", "load_baseline"]
@@ -57,6 +65,9 @@ def write_federated_report(run: ServerRun) -> dict:
         "communication": run.audit.summary(),
         "data": {"source": run.config.data.source, "sites": [s.summary() for s in run.sites.values()]},
         "timing": run.timer.as_dict(),
+        "privacy": privacy_rows(run, site_metrics),
+        "privacy_settings": _privacy_settings(run),
+        "membership": pool_membership(site_metrics),
     }
     figures = ["tstr.png", "sites_auprc.png"]
     plot_metric_bars(pooled["tstr"], run.run_dir / "tstr.png",
@@ -66,6 +77,7 @@ def write_federated_report(run: ServerRun) -> dict:
     write_json_atomic(run.run_dir / "config.json", run.config.to_flat())
     write_json_atomic(run.run_dir / "metrics.json", metrics)
     report = render_report(to_jsonable(metrics), title=f"Federated TarDiff run report: {run.run_name}", figures=figures)
+    report += _privacy_section(metrics)
     report += _communication_section(metrics["communication"])
     write_bytes_atomic(run.run_dir / "report.md", report.encode())
     return metrics
@@ -79,4 +91,73 @@ def _communication_section(comm: dict) -> str:
     for site, rows in comm["per_site"].items():
         for mtype, row in rows.items():
             lines.append(f"| {site} | {mtype} | {row['messages']} | {row['bytes']:,} |")
+    return "\n".join(lines) + "\n"
+
+
+def _privacy_settings(run: ServerRun) -> dict:
+    p = run.config.privacy
+    out = {"gradient_sum_dp": p.gradient_sum_dp, "dp_sgd_classifier": p.dp_sgd_classifier,
+           "dp_sgd_diffusion": p.dp_sgd_diffusion, "accountant": p.accountant, "delta": p.delta,
+           "target_epsilon": p.target_epsilon, "max_epsilon": p.max_epsilon,
+           "on_budget_exceeded": p.on_budget_exceeded, "secure_aggregation": p.secure_aggregation,
+           "excluded_sites": [run.audit.site_name(n) for n in run.state.get("privacy_excluded", [])]}
+    if p.secure_aggregation:
+        out.update(secagg_num_shares=p.secagg_num_shares,
+                   secagg_reconstruction_threshold=p.secagg_reconstruction_threshold,
+                   secagg_clipping_range=p.secagg_clipping_range,
+                   secagg_quantization_range=p.secagg_quantization_range,
+                   secagg_quantization_bound=run.state.get("secagg_quantization_bound"))
+    return out
+
+
+def pool_membership(site_metrics: dict[str, dict]) -> dict[str, dict]:
+    """{set: {"mia_auc": test-size-weighted mean over sites with a finite AUC, "sites": n}}."""
+    pooled: dict[str, dict] = {}
+    names = [n for n in sorted(site_metrics) if isinstance(site_metrics[n].get("membership"), dict)]
+    sets = sorted({k for n in names for k in site_metrics[n]["membership"]})
+    for name in sets:
+        values, weights = [], []
+        for site in names:
+            auc = site_metrics[site]["membership"].get(name, {}).get("mia_auc")
+            if auc is not None and np.isfinite(auc):
+                values.append(float(auc))
+                weights.append(float(site_metrics[site].get("test_size", 1)))
+        pooled[name] = {"mia_auc": float(np.average(values, weights=weights)) if values else float("nan"),
+                        "sites": len(values)}
+    return pooled
+
+
+def _privacy_section(metrics: dict) -> str:
+    settings = metrics.get("privacy_settings", {})
+    lines = ["", "## Privacy settings", ""]
+    on = [k for k in ("gradient_sum_dp", "dp_sgd_classifier", "dp_sgd_diffusion") if settings.get(k)]
+    if on:
+        lines.append(f"Differential privacy: {', '.join(on)}; accountant `{settings.get('accountant')}`, "
+                     f"delta = {settings.get('delta')}; epsilon is per site (never added across sites), "
+                     f"composed over everything the site released under DP; `total` = all its DP phases "
+                     f"together. A phase without DP shows epsilon = inf (sigma 0): the records it uses (e.g. "
+                     f"the training split when DP-SGD is off) are not protected by the total.")
+        if settings.get("max_epsilon") is not None:
+            lines.append(f"Budget: privacy.max-epsilon = {settings['max_epsilon']} per site, "
+                         f"on exceeding: {settings.get('on_budget_exceeded')}; "
+                         f"sites dropped: {settings.get('excluded_sites') or 'none'}.")
+    else:
+        lines.append("Differential privacy: off (epsilon = inf for every site).")
+    if settings.get("secure_aggregation"):
+        lines.append(f"Secure aggregation (Flower SecAgg+) of the gradient sums: {settings.get('secagg_num_shares')} "
+                     f"shares, reconstruction threshold {settings.get('secagg_reconstruction_threshold')}, "
+                     f"clipping range {settings.get('secagg_clipping_range')}, quantization range "
+                     f"{settings.get('secagg_quantization_range')}; quantization error of G <= "
+                     f"{settings.get('secagg_quantization_bound')} per coordinate.")
+    else:
+        lines.append("Secure aggregation: off (the server sees each site's G_k).")
+    membership = metrics.get("membership") or {}
+    if membership:
+        lines += ["", "Membership inference (distance to the closest synthetic record, at each site: its "
+                  "training records vs its test records; 0.5 = no leak):", "",
+                  "| synthetic set | MIA AUC (site-weighted) | sites |", "|---|---|---|"]
+        for name, row in membership.items():
+            auc = row.get("mia_auc")
+            lines.append(f"| {name} | {'n/a' if auc is None or not np.isfinite(auc) else f'{auc:.3f}'} | "
+                         f"{row.get('sites')} |")
     return "\n".join(lines) + "\n"

@@ -1,7 +1,6 @@
 """pyproject's [tool.flwr.app.config] names every RunConfig knob, and only those."""
 
 import tomllib
-
 from flwr.common.config import flatten_dict
 
 from tardiff_common.pipeline.config import RunConfig

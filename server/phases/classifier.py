@@ -3,6 +3,8 @@
 The server initializes f_theta with the run seed (the same weights the centralized pipeline
 starts from), each round every site trains ``classifier-train.epochs`` local epochs from the
 global weights, and Flower's strategy averages the replies weighted by training records.
+With ``privacy.dp-sgd-classifier`` the local epochs are DP-SGD at each site; sites over their
+privacy budget refuse and are handled by ``server.privacy`` (stop, or drop the site).
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from flwr.app import ConfigRecord
 
 from client import protocol as P
 from tardiff_common.pipeline.phases import new_classifier
+from tardiff_common.privacy.plan import validate_privacy_run
 from tardiff_common.serialization import module_to_numpy
 
+from ..privacy import send_private
 from ..run import ServerRun
 from ..strategies import phase_strategy
 from .normalization import normalizer_record
@@ -31,6 +35,7 @@ def global_pos_weight(run: ServerRun) -> float:
 
 def run_classifier_phase(run: ServerRun) -> None:
     cfg = run.config
+    validate_privacy_run(cfg)
     channels = len(next(iter(run.sites.values())).channels)
     initial = module_to_numpy(new_classifier(cfg, channels, torch.device("cpu")))
     expected = {P.ARRAYS: {k: v.shape for k, v in initial.items()}}
@@ -41,7 +46,7 @@ def run_classifier_phase(run: ServerRun) -> None:
     pos_weight = global_pos_weight(run)
     for r in range(1, cfg.federation.classifier_rounds + 1):
         messages = strategy.configure_train(r, arrays, ConfigRecord({"pos-weight": pos_weight}), run.grid)
-        replies = run.send("classifier", r, messages, expected_arrays=expected)
+        replies = send_private(run, "classifier", r, messages, expected_arrays=expected)
         aggregated, metrics = strategy.aggregate_train(r, replies)
         arrays = aggregated
         run.state["classifier"] = P.from_array_record(arrays)

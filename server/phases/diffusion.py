@@ -2,6 +2,8 @@
 
 The U-Net and its EMA travel together in one ArrayRecord ("model.<name>", "ema.<name>") so
 the strategy averages both; each site continues the global EMA during its local epochs.
+With ``privacy.dp-sgd-diffusion`` the local epochs are DP-SGD (the EMA of DP weights is
+post-processing); budget refusals are handled by ``server.privacy``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from client.app import join_diffusion_arrays
 from tardiff_common.pipeline.phases import new_unet
 from tardiff_common.serialization import module_to_numpy
 
+from ..privacy import send_private
 from ..run import ServerRun
 from ..strategies import phase_strategy
 from .normalization import normalizer_record
@@ -33,7 +36,7 @@ def run_diffusion_phase(run: ServerRun) -> None:
                               extra_records={P.NORMALIZER: normalizer_record(run)})
     for r in range(1, cfg.federation.diffusion_rounds + 1):
         messages = strategy.configure_train(r, arrays, ConfigRecord({}), run.grid)
-        replies = run.send("diffusion", r, messages, expected_arrays=expected)
+        replies = send_private(run, "diffusion", r, messages, expected_arrays=expected)
         arrays, metrics = strategy.aggregate_train(r, replies)
         run.state["unet"] = P.from_array_record(arrays)
         run.log(f"[diffusion] round {r}/{cfg.federation.diffusion_rounds}: "

@@ -3,6 +3,13 @@
 Each site sums per-example classifier-loss gradients over its guidance split (restricted to
 ``guidance.target-class`` when set) with the global theta* and returns (G_k, n_k): a vector of the classifier's parameter count and one count,
 never per-record gradients. The server adds them and normalizes once.
+
+Privacy options (docs/PRIVACY.md):
+
+* ``privacy.gradient-sum-dp``: each site clips every per-example gradient to C and adds
+  N(0, sigma^2 C^2) before sending; the server's arithmetic is unchanged (g is scale-free).
+* ``privacy.secure-aggregation``: the sum runs through Flower's SecAgg+ (``server.secagg``),
+  so the server learns only sum_k G_k and sum_k n_k, never one site's G_k.
 """
 
 from __future__ import annotations
@@ -14,8 +21,11 @@ from flwr.app import RecordDict
 from client import protocol as P
 from tardiff_common.influence.gradient_sum import GradientSum
 from tardiff_common.pipeline.phases import new_classifier
+from tardiff_common.serialization import unflatten_metrics
 
-from ..run import ServerRun
+from ..privacy import active_nodes, handle_refusals, record_privacy
+from ..run import ServerRun, TooFewSitesError
+from ..secagg import fitins_for, public_scale, quantization_bound, secure_sum
 from .normalization import normalizer_record
 
 __all__ = ["run_influence_phase"]
@@ -25,16 +35,53 @@ def run_influence_phase(run: ServerRun) -> None:
     classifier = run.state["classifier"]
     channels = len(next(iter(run.sites.values())).channels)
     num_params = sum(p.numel() for p in new_classifier(run.config, channels, torch.device("cpu")).parameters())
+    if run.config.privacy.secure_aggregation:
+        G, num_sites = _secure_gradient_sum(run, classifier, num_params)
+    else:
+        G, num_sites = _plain_gradient_sum(run, classifier, num_params)
+    run.state["gradient_sum"] = {"sum": G.to_numpy()}
+    run.state["guidance_records"] = G.count
+    run.state["direction"] = {"g": G.direction().numpy()}
+    run.log(f"[influence] G over {G.count} guidance records from {num_sites} sites, ||G|| = {float(G.total.norm()):.4g}")
+    run.checkpoint("influence", 0)
+
+
+def _plain_gradient_sum(run: ServerRun, classifier: dict, num_params: int) -> tuple[GradientSum, int]:
     content = RecordDict({P.CLASSIFIER: P.to_array_record(classifier), P.NORMALIZER: normalizer_record(run)})
-    replies = run.query("influence", P.INFLUENCE, content, expected_arrays={P.GRADIENT: {"sum": (num_params,)}})
+    try:
+        replies = run.query("influence", P.INFLUENCE, content, node_ids=active_nodes(run),
+                            expected_arrays={P.GRADIENT: {"sum": (num_params,)}})
+    except TooFewSitesError:
+        handle_refusals(run, "influence", 0)
+        raise
+    handle_refusals(run, "influence", 0)
+    record_privacy(run, {r.metadata.src_node_id: P.from_metric_record(r.content[P.METRICS]) for r in replies})
     parts = []
     for reply in replies:
         total = P.from_array_record(reply.content[P.GRADIENT])["sum"]
         parts.append(GradientSum(torch.as_tensor(np.asarray(total, dtype=np.float64)),
                                  int(reply.content[P.METRICS]["count"])))
-    G = GradientSum.sum(parts)
-    run.state["gradient_sum"] = {"sum": G.to_numpy()}
-    run.state["guidance_records"] = G.count
-    run.state["direction"] = {"g": G.direction().numpy()}
-    run.log(f"[influence] G over {G.count} guidance records from {len(parts)} sites, ||G|| = {float(G.total.norm()):.4g}")
-    run.checkpoint("influence", 0)
+    return GradientSum.sum(parts), len(parts)
+
+
+def _secure_gradient_sum(run: ServerRun, classifier: dict, num_params: int) -> tuple[GradientSum, int]:
+    """SecAgg+ over s * [G_k, n_k] with the public s = 1 / (guidance records of the active sites)."""
+    nodes = active_nodes(run)
+    scale = public_scale(sum(run.sites[n].counts["guidance"] for n in nodes))
+    fitins = fitins_for([("classifier", classifier), ("normalizer", run.state["normalizer"])], {"scale": scale})
+    try:
+        result = secure_sum(run, "influence", {n: fitins for n in nodes})
+    except TooFewSitesError:
+        handle_refusals(run, "influence", 0)
+        raise
+    handle_refusals(run, "influence", 0)
+    if result.total.shape != (num_params + 1,):
+        raise ValueError(f"secure sum has shape {result.total.shape}, expected ({num_params + 1},)")
+    record_privacy(run, {n: unflatten_metrics(m) for n, m in result.metrics.items()})
+    total = result.total / scale
+    count = int(round(float(total[-1])))
+    bound = quantization_bound(run.config.privacy, len(result.node_ids)) / scale
+    run.state["secagg_quantization_bound"] = float(bound)
+    run.log(f"[influence] SecAgg+ sum over {len(result.node_ids)} sites (the server saw only the sum); "
+            f"quantization error <= {bound:.3g} per coordinate")
+    return GradientSum(torch.as_tensor(total[:-1]), count), len(result.node_ids)

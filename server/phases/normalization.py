@@ -13,7 +13,12 @@ from __future__ import annotations
 from flwr.app import ConfigRecord, RecordDict
 
 from client import protocol as P
-from tardiff_common.data.normalize import ChannelHistogram, ChannelMoments, histogram_edges_from_moments, make_normalizer
+from tardiff_common.data.normalize import (
+    ChannelHistogram,
+    ChannelMoments,
+    histogram_edges_from_moments,
+    make_normalizer,
+)
 from tardiff_common.serialization import normalizer_to_numpy
 
 from ..run import ServerRun, SiteInfo

@@ -74,7 +74,7 @@ class GRUClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, h_n = self.rnn(x.transpose(1, 2))  # h_n [layers * directions, B, hidden]
-        last = h_n[-self.directions :].transpose(0, 1).reshape(x.shape[0], -1)
+        last = h_n[-self.directions :].transpose(0, 1).reshape(x.shape[0], self.head.in_features)
         return self.head(last).squeeze(-1)
 
 

@@ -123,7 +123,7 @@ class SelfAttention1D(nn.Module):
         b, _, length = x.shape
         q, k, v = self.to_qkv(self.norm(x)).reshape(b, 3, self.heads, self.head_dim, length).unbind(1)
         attn = torch.einsum("bhdi,bhdj->bhij", q, k).mul(self.head_dim**-0.5).softmax(dim=-1)
-        out = torch.einsum("bhij,bhdj->bhdi", attn, v).reshape(b, -1, length)
+        out = torch.einsum("bhij,bhdj->bhdi", attn, v).reshape(b, self.heads * self.head_dim, length)
         return x + self.to_out(out)
 
 

@@ -27,6 +27,7 @@ from ..diffusion.sampling import SamplingConfig
 from ..influence.guidance import GuidanceConfig
 from ..models.classifier import ClassifierConfig
 from ..models.unet1d import UNet1DConfig
+from ..privacy.config import PrivacyConfig
 from ..training.classifier import ClassifierTrainConfig
 from ..training.diffusion import DiffusionTrainConfig
 
@@ -37,6 +38,7 @@ __all__ = [
     "EvaluationConfig",
     "FederationConfig",
     "OutputConfig",
+    "PrivacyConfig",
     "RunConfig",
     "preset",
     "PRESETS",
@@ -152,6 +154,7 @@ class RunConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # DP and secure aggregation, all off
 
     # ------------------------------------------------------------------ flat key mapping
 

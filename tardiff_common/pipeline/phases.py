@@ -9,11 +9,16 @@ Phase 1  classifier    : classifier_round (local epochs of f_theta from the glob
 Phase 2  influence     : guidance_sum -> G_k = sum_i grad_theta L(z_i) over the guidance split
 Phase 3  diffusion     : diffusion_round (local epochs of eps_phi, EMA carried along)
 Phase 4  generation    : synthesize (guided and unguided) + evaluate (TSTR / TSRTR)
+
+Privacy (``config.privacy``, see ``tardiff_common.privacy``): ``classifier_round`` and
+``diffusion_round`` take an optional ``DPTrainingSession`` (``dp_session``), and
+``dp_guidance_sum`` is the DP release of G_k. Without them everything is exactly the plain path.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,6 +43,11 @@ from ..training.classifier import train_classifier
 from ..training.diffusion import train_diffusion
 from .config import RunConfig, derive_seed
 
+if TYPE_CHECKING:  # Opacus is imported only when DP is used
+    from ..privacy.accounting import Entry
+    from ..privacy.dp_gradient_sum import ClippedSum
+    from ..privacy.dp_sgd import DPTrainingSession
+
 __all__ = [
     "PHASE_IDS",
     "NormalizedSplits",
@@ -51,6 +61,8 @@ __all__ = [
     "new_schedule",
     "classifier_round",
     "guidance_sum",
+    "dp_guidance_sum",
+    "dp_session",
     "diffusion_round",
     "synthesize",
     "mean_influence",
@@ -152,18 +164,46 @@ def classifier_round(
     site_index: int,
     pos_weight: float | None = None,
     progress: bool = False,
+    privacy: DPTrainingSession | None = None,
 ) -> dict:
-    """Phase 1: ``classifier_train.epochs`` local epochs on the site's training split."""
+    """Phase 1: ``classifier_train.epochs`` local epochs on the site's training split (DP-SGD
+    when ``privacy`` is given)."""
     seed = derive_seed(config.seed, PHASE_IDS["classifier"], server_round, site_index)
     return train_classifier(
         model, data.train_x, data.train_y, config.classifier_train, seed=seed, pos_weight=pos_weight,
-        proximal_mu=proximal_mu(config), progress=progress, desc=f"classifier r{server_round}",
+        proximal_mu=proximal_mu(config), progress=progress, desc=f"classifier r{server_round}", privacy=privacy,
     )
 
 
 def guidance_sum(model: nn.Module, data: NormalizedSplits, config: RunConfig) -> GradientSum:
     """Phase 2: G_k over the site's guidance split (restricted to ``guidance.target_class``)."""
     return guidance_gradient_sum(model, data.guidance_x, data.guidance_y, target_class=config.guidance.target_class)
+
+
+def dp_guidance_sum(model: nn.Module, data: NormalizedSplits, config: RunConfig, *, noise_multiplier: float,
+                    site_index: int) -> tuple[GradientSum, ClippedSum]:
+    """Phase 2 under DP: G~_k = sum of per-example gradients clipped to ``privacy.clip`` + N(0, (sigma C)^2)
+    (``tardiff_common.privacy.dp_gradient_sum``); the noise is a site secret unless
+    ``privacy.reproducible-noise``."""
+    from ..privacy.dp_gradient_sum import dp_gradient_sum
+    from ..privacy.randomness import dp_generator
+
+    generator = dp_generator(config.privacy.reproducible_noise, config.seed, PHASE_IDS["influence"], site_index)
+    return dp_gradient_sum(model, data.guidance_x, data.guidance_y, clip=config.privacy.clip,
+                           noise_multiplier=noise_multiplier, generator=generator,
+                           target_class=config.guidance.target_class)
+
+
+def dp_session(config: RunConfig, planned: Entry, *, server_round: int, site_index: int) -> DPTrainingSession:
+    """A DP-SGD session for one training round of ``planned.phase`` ("classifier" / "diffusion")
+    with the planned noise multiplier and ``privacy.sgd-clip``."""
+    from ..privacy.dp_sgd import DPTrainingSession
+
+    p = config.privacy
+    return DPTrainingSession(phase=planned.phase, noise_multiplier=planned.noise_multiplier,
+                             max_grad_norm=p.sgd_clip, clipping=p.clipping, accountant=p.accountant,
+                             reproducible=p.reproducible_noise,
+                             seed_parts=(config.seed, PHASE_IDS[planned.phase], server_round, site_index))
 
 
 def diffusion_round(
@@ -175,12 +215,14 @@ def diffusion_round(
     server_round: int,
     site_index: int,
     progress: bool = False,
+    privacy: DPTrainingSession | None = None,
 ) -> dict:
-    """Phase 3: ``diffusion_train.epochs`` local epochs of eps-prediction, updating ``ema``."""
+    """Phase 3: ``diffusion_train.epochs`` local epochs of eps-prediction, updating ``ema``
+    (DP-SGD when ``privacy`` is given)."""
     seed = derive_seed(config.seed, PHASE_IDS["diffusion"], server_round, site_index)
     return train_diffusion(
         unet, new_schedule(config), data.train_x, data.train_y, config.diffusion_train, seed=seed, ema=ema,
-        proximal_mu=proximal_mu(config), progress=progress, desc=f"diffusion r{server_round}",
+        proximal_mu=proximal_mu(config), progress=progress, desc=f"diffusion r{server_round}", privacy=privacy,
     )
 
 

@@ -3,11 +3,18 @@
 Objective: mean over a batch of BCEWithLogits(f_theta(x_i), y_i), optionally with the
 positive class weighted by n_neg / n_pos (``class_weighting="balanced"``), Adam (lr 1e-3 as
 in the paper code). All randomness comes from a generator seeded by ``seed``.
+
+DP hook: ``privacy`` (a ``DPTrainingSession``) runs the same epochs as DP-SGD with Opacus
+(Poisson-sampled batches, per-sample clipping and noise instead of ``grad_clip``); without it
+the training is exactly the plain one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +23,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .proximal import ProximalTerm
+
+if TYPE_CHECKING:  # Opacus is imported only when DP is used
+    from ..privacy.dp_sgd import DPTrainingSession
 
 __all__ = ["ClassifierTrainConfig", "train_classifier", "predict_proba", "positive_class_weight"]
 
@@ -59,14 +69,16 @@ def train_classifier(
     proximal_mu: float = 0.0,
     progress: bool = False,
     desc: str = "classifier",
+    privacy: DPTrainingSession | None = None,
 ) -> dict:
     """Train ``model`` in place on x [N, C, L], y [N]. Returns {"loss": last-epoch mean, "steps"}.
 
     ``pos_weight`` overrides the weight derived from ``y`` (a federation passes the global one);
-    ``proximal_mu`` > 0 adds FedProx's (mu/2)||w - w_start||^2.
+    ``proximal_mu`` > 0 adds FedProx's (mu/2)||w - w_start||^2. ``privacy``: train with DP-SGD
+    (see ``tardiff_common.privacy.dp_sgd``); its ``entries`` hold the call's accountant history.
     """
     device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
+    generator = privacy.generator(seed) if privacy is not None else torch.Generator().manual_seed(seed)
     if pos_weight is None:
         pos_weight = positive_class_weight(np.asarray(y), config.class_weighting)
     pw = torch.tensor(pos_weight, device=device)
@@ -74,24 +86,44 @@ def train_classifier(
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=min(config.batch_size, len(dataset)), shuffle=True, generator=generator
     )
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    proximal = ProximalTerm(model, proximal_mu)
+
+    def make_optimizer(params):
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+    if privacy is not None and proximal_mu > 0:
+        raise ValueError("FedProx's proximal term is not supported with DP-SGD (Opacus would drop its gradient)")
     model.train()
     steps, losses = 0, []
-    for _ in tqdm(range(config.epochs), desc=desc, disable=not progress, leave=False):
-        losses = []
-        for xb, yb in loader:
-            xb, yb = xb.to(device), yb.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.binary_cross_entropy_with_logits(model(xb), yb.float(), pos_weight=pw)
-            (loss + proximal(model)).backward()
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            steps += 1
-            losses.append(float(loss.detach()))
+    with _training_objects(model, make_optimizer, loader, privacy) as (net, optimizer, batches):
+        proximal = ProximalTerm(model, proximal_mu)
+        for _ in tqdm(range(config.epochs), desc=desc, disable=not progress, leave=False):
+            losses = []
+            for xb, yb in batches:
+                xb, yb = xb.to(device), yb.to(device)
+                optimizer.zero_grad(set_to_none=True)
+                loss = F.binary_cross_entropy_with_logits(net(xb), yb.float(), pos_weight=pw)
+                if privacy is not None:  # a Poisson batch may be empty: it still steps (noise only)
+                    loss.backward()
+                else:
+                    (loss + proximal(model)).backward()
+                    if config.grad_clip is not None:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                steps += 1
+                if len(yb):
+                    losses.append(float(loss.detach()))
     model.eval()
     return {"loss": float(np.mean(losses)) if losses else float("nan"), "steps": steps}
+
+
+@contextmanager
+def _training_objects(model: nn.Module, make_optimizer, loader, privacy) -> Iterator[tuple]:
+    """(network to call, optimizer, batches): the plain objects, or their Opacus-private versions."""
+    if privacy is None:
+        yield model, make_optimizer(model.parameters()), loader
+        return
+    with privacy.private(model, make_optimizer, loader) as private:
+        yield private
 
 
 @torch.no_grad()

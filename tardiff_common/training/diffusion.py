@@ -8,11 +8,19 @@ Loss per record (Ho et al., 2020, with the paper code's L1 option):
 ``train_diffusion`` runs ``epochs`` passes over (x, y) with AdamW, updating an EMA after every
 step. All randomness (batch order, t, eps, label dropout) comes from one generator seeded by
 ``seed``, so a run is reproducible and FedAvg with one site equals centralized training.
+
+DP hook: ``privacy`` (a ``DPTrainingSession``) runs the epochs as DP-SGD with Opacus (Poisson
+batches, per-sample clipping and noise instead of ``grad_clip``; loss = sum of per-record losses
+/ batch size, so an empty Poisson batch still steps). The EMA is updated from the DP weights
+after every step (post-processing) and label dropout works as without DP.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +31,9 @@ from ..diffusion.ema import EMA
 from ..diffusion.schedule import NoiseSchedule
 from ..models.unet1d import UNet1D
 from .proximal import ProximalTerm
+
+if TYPE_CHECKING:  # Opacus is imported only when DP is used
+    from ..privacy.dp_sgd import DPTrainingSession
 
 __all__ = ["DiffusionTrainConfig", "diffusion_loss", "train_diffusion"]
 
@@ -62,7 +73,8 @@ def diffusion_loss(
     device = x0.device
     t = torch.randint(0, schedule.num_steps, (b,), generator=generator).to(device)
     eps = torch.randn(x0.shape, generator=generator).to(device)
-    y_in = model.drop_labels(y, generator) if isinstance(model, UNet1D) else y
+    core = getattr(model, "_module", model)  # Opacus' GradSampleModule wraps the U-Net as ``_module``
+    y_in = core.drop_labels(y, generator) if isinstance(core, UNet1D) else y
     pred = model(schedule.add_noise(x0, eps, t), t, y_in)
     err = (pred - eps).abs() if loss == "l1" else (pred - eps) ** 2
     per_record = err.flatten(1).mean(dim=1)
@@ -81,36 +93,61 @@ def train_diffusion(
     proximal_mu: float = 0.0,
     progress: bool = False,
     desc: str = "diffusion",
+    privacy: DPTrainingSession | None = None,
 ) -> dict:
     """Train ``model`` in place on x [N, C, L], y [N]; returns {"loss": mean last-epoch loss, "steps"}.
 
-    ``proximal_mu`` > 0 adds FedProx's (mu/2)||w - w_start||^2 to every step's loss.
+    ``proximal_mu`` > 0 adds FedProx's (mu/2)||w - w_start||^2 to every step's loss. ``privacy``:
+    train with DP-SGD (``tardiff_common.privacy.dp_sgd``); its ``entries`` hold the accountant history.
     """
     device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
+    generator = privacy.generator(seed) if privacy is not None else torch.Generator().manual_seed(seed)
     xt = torch.as_tensor(x, dtype=torch.float32)
     yt = torch.as_tensor(y, dtype=torch.long)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    def make_optimizer(params):
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
     dataset = torch.utils.data.TensorDataset(xt, yt)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=min(config.batch_size, len(dataset)), shuffle=True, generator=generator
     )
+    if privacy is not None and proximal_mu > 0:
+        raise ValueError("FedProx's proximal term is not supported with DP-SGD (Opacus would drop its gradient)")
     proximal = ProximalTerm(model, proximal_mu)
     model.train()
     steps, last_losses = 0, []
-    for _ in tqdm(range(config.epochs), desc=desc, disable=not progress, leave=False):
-        last_losses = []
-        for xb, yb in loader:
-            optimizer.zero_grad(set_to_none=True)
-            loss = diffusion_loss(
-                model, schedule, xb.to(device), yb.to(device), generator=generator, loss=config.loss
-            )
-            (loss + proximal(model)).backward()
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            if ema is not None:
-                ema.update(model)
-            steps += 1
-            last_losses.append(float(loss.detach()))
+    with _training_objects(model, make_optimizer, loader, privacy) as (net, optimizer, batches):
+        for _ in tqdm(range(config.epochs), desc=desc, disable=not progress, leave=False):
+            last_losses = []
+            for xb, yb in batches:
+                optimizer.zero_grad(set_to_none=True)
+                if privacy is None:
+                    loss = diffusion_loss(
+                        model, schedule, xb.to(device), yb.to(device), generator=generator, loss=config.loss
+                    )
+                    (loss + proximal(model)).backward()
+                    if config.grad_clip is not None:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                else:
+                    per_record = diffusion_loss(net, schedule, xb.to(device), yb.to(device), generator=generator,
+                                                loss=config.loss, reduction="none")
+                    loss = per_record.sum() / max(len(per_record), 1)
+                    loss.backward()
+                optimizer.step()
+                if ema is not None:
+                    ema.update(model)
+                steps += 1
+                if len(yb):
+                    last_losses.append(float(loss.detach()))
     return {"loss": float(np.mean(last_losses)) if last_losses else float("nan"), "steps": steps}
+
+
+@contextmanager
+def _training_objects(model: nn.Module, make_optimizer, loader, privacy) -> Iterator[tuple]:
+    """(network to call, optimizer, batches): the plain objects, or their Opacus-private versions."""
+    if privacy is None:
+        yield model, make_optimizer(model.parameters()), loader
+        return
+    with privacy.private(model, make_optimizer, loader) as private:
+        yield private

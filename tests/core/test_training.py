@@ -81,6 +81,6 @@ def test_proximal_term_pulls_towards_the_start():
         drift[mu] = sum(((p - q) ** 2).sum().item() for p, q in zip(m.parameters(), start.parameters()))
     assert drift[10.0] < drift[0.0]
     term = ProximalTerm(start, 2.0)
-    assert float(term(start)) == 0.0
+    assert float(term(start).detach()) == 0.0
     with pytest.raises(ValueError, match="mu must be"):
         ProximalTerm(start, -1.0)

@@ -1,0 +1,177 @@
+"""DP and SecAgg+ through the whole federated workflow (in-process Flower, tiny config)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Context
+from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
+from opacus.accountants import RDPAccountant
+
+from client import protocol as P
+from client.site import load_site
+from server.privacy import PrivacyBudgetError
+from simulations.local_grid import LocalGrid
+from tardiff_common.data.synthetic import SyntheticICUConfig, generate_hospitals
+from tardiff_common.influence.gradient_sum import GradientSum
+from tardiff_common.pipeline import phases
+from tardiff_common.pipeline.config import RunConfig
+from tardiff_common.privacy.accounting import PrivacyLedger
+from tardiff_common.privacy.plan import plan_site
+from tardiff_common.serialization import load_module_numpy, normalizer_from_numpy
+
+from ..federated.conftest import run_local, tiny_flat
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning",
+                                                           "ignore::RuntimeWarning")]
+
+DP_ALL = {"privacy.gradient-sum-dp": True, "privacy.dp-sgd-classifier": True, "privacy.dp-sgd-diffusion": True,
+          "privacy.reproducible-noise": True}
+
+
+class FreshProcessGrid(LocalGrid):
+    """Every message meets a *new* Context whose state was serialized to bytes after the last
+    message and parsed back (what a fresh ClientApp process per message gets in deployment)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.disk = {n: recorddict_to_proto(c.state).SerializeToString() for n, c in self.contexts.items()}
+
+    def _deliver(self, msg):
+        node = msg.metadata.dst_node_id
+        old = self.contexts[node]
+        state = recorddict_from_proto(ProtoRecordDict.FromString(self.disk[node]))
+        self.contexts[node] = Context(run_id=old.run_id, node_id=node, node_config=dict(old.node_config),
+                                      state=state, run_config=dict(old.run_config))
+        reply = super()._deliver(msg)
+        self.disk[node] = recorddict_to_proto(self.contexts[node].state).SerializeToString()
+        return reply
+
+
+def opacus_epsilon(ledger: PrivacyLedger, delta: float) -> float:
+    acc = RDPAccountant()
+    for e in ledger.entries:
+        for _ in range(e.steps):
+            acc.step(noise_multiplier=e.noise_multiplier, sample_rate=e.sample_rate)
+    return acc.get_epsilon(delta=delta)
+
+
+def test_dp_run_with_secure_aggregation_end_to_end(tmp_path):
+    """Gradient-sum DP + DP-SGD of both models at eps = 4 per site, SecAgg+ for the sum, a fresh
+    context per message: completes, reports epsilon per site and phase (= Opacus on the site's
+    ledger), and the secure G is the sum of the sites' DP gradient sums."""
+    from client.app import app as client_app
+    from server.workflow import run_federated
+
+    flat = tiny_flat(tmp_path, **DP_ALL, **{"privacy.target-epsilon": 4.0, "privacy.secure-aggregation": True})
+    grid = FreshProcessGrid(client_app, 3, flat)
+    config = RunConfig().with_overrides(flat)
+    metrics = run_federated(grid, config, log=lambda *_: None)
+    run_dir = tmp_path / "run"
+
+    # the ledger survived every message through serialized state: 2 + 1 + 2 DP operations per site
+    rows = {(r["site"], r["phase"]): r for r in metrics["privacy"]}
+    for context in grid.contexts.values():
+        ledger = P.load_ledger(context)
+        site = load_site(context).name
+        assert [e.phase for e in ledger.entries] == ["classifier"] * 2 + ["influence"] + ["diffusion"] * 2
+        total = opacus_epsilon(ledger, config.privacy.delta)
+        assert rows[(site, "total")]["epsilon"] == pytest.approx(total, rel=1e-3)
+        assert 3.9 <= total <= 4.0
+        for phase in ("classifier", "influence", "diffusion"):
+            row = rows[(site, phase)]
+            assert row["delta"] == 1e-5 and row["clip"] == 1.0 and row["sigma"] > 0 and row["epsilon"] < total
+    report = (run_dir / "report.md").read_text()
+    assert "## Privacy" in report and "| hospital_c | influence |" in report and "SecAgg+" in report
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert len(saved["privacy"]) == 3 * 4 and saved["privacy_settings"]["secure_aggregation"] is True
+    assert set(saved["membership"]) == {"tardiff", "unguided"}
+
+    # the server only ever saw masked vectors in the influence phase
+    influence = [json.loads(line) for line in (run_dir / "audit.jsonl").read_text().splitlines()
+                 if json.loads(line)["phase"] == "influence"]
+    assert {e["message_type"] for e in influence} == {"train"} and all(not e["arrays"] for e in influence)
+
+    # G = sum of what the sites released (their DP sums, recomputed with the same noise)
+    with np.load(run_dir / "checkpoint" / "state.npz") as z:
+        state = {k: z[k] for k in z.files}
+    normalizer = normalizer_from_numpy({k[11:]: v for k, v in state.items() if k.startswith("normalizer/")})
+    classifier_arrays = {k[11:]: v for k, v in state.items() if k.startswith("classifier/")}
+    parts = []
+    for context in grid.contexts.values():
+        site = load_site(context)
+        data = phases.normalize_splits(site.splits, normalizer)
+        model = phases.new_classifier(site.config, 3, torch.device("cpu"))
+        load_module_numpy(model, classifier_arrays)
+        sigma = plan_site(site.config, len(site.splits.train.y)).gradient_sum.noise_multiplier
+        parts.append(phases.dp_guidance_sum(model, data, site.config, noise_multiplier=sigma,
+                                            site_index=site.index)[0])
+    expected = GradientSum.sum(parts)
+    bound = saved["privacy_settings"]["secagg_quantization_bound"]
+    assert np.max(np.abs(state["gradient_sum/sum"] - expected.to_numpy())) <= bound
+    assert metrics["guidance_records"] == expected.count
+
+
+def _site_epsilons(config: RunConfig) -> dict[str, tuple[float, float]]:
+    """(epsilon of the first classifier DP-SGD round, of the whole planned run) per tiny site."""
+    from tardiff_common.pipeline.phases import prepare_splits
+
+    sites = generate_hospitals(SyntheticICUConfig(length=16, size_scale=0.12))
+    out = {}
+    for s in sites:
+        plan = plan_site(config, len(prepare_splits(s, config).train.y))
+        first = PrivacyLedger([plan.classifier_round]).epsilon(config.privacy.delta)
+        out[s.name] = (first, plan.epsilon(config.privacy.delta, config.privacy.accountant))
+    return out
+
+
+def budget_flat(tmp_path, mode: str, name: str) -> tuple[dict, dict]:
+    flat = tiny_flat(tmp_path, **DP_ALL, **{"privacy.noise-multiplier": 2.0, "privacy.sgd-noise-multiplier": 1.0,
+                                            "privacy.on-budget-exceeded": mode, "output.name": name,
+                                            "federation.classifier-rounds": 1, "federation.diffusion-rounds": 1})
+    return flat, _site_epsilons(RunConfig().with_overrides(flat))
+
+
+def test_budget_refusal_stops_the_run(tmp_path):
+    """A budget below every site's first DP-SGD round: the run stops at classifier round 1 and
+    says which site refused which phase at which epsilon."""
+    flat, eps = budget_flat(tmp_path, "stop", "stop")
+    flat["privacy.max-epsilon"] = min(first for first, _ in eps.values()) - 0.1
+    with pytest.raises(PrivacyBudgetError) as err:
+        run_local(flat)
+    message = str(err.value)
+    assert "on-budget-exceeded = 'stop'" in message
+    for site, (first, _) in eps.items():
+        assert f"site {site!r} refuses phase 'classifier round 1': its epsilon would reach {first:.4g}" in message
+    assert (tmp_path / "stop" / "checkpoint" / "failure.json").is_file()
+    assert not (tmp_path / "stop" / "metrics.json").exists()
+
+
+def test_budget_refusal_drops_the_site(tmp_path):
+    """A budget between the two largest planned totals: the most expensive site refuses its last
+    step (diffusion round 1) and the run finishes without it."""
+    flat, eps = budget_flat(tmp_path, "drop-site", "drop")
+    totals = sorted(eps, key=lambda s: eps[s][1])
+    worst = totals[-1]
+    flat["privacy.max-epsilon"] = (eps[worst][1] + eps[totals[-2]][1]) / 2
+    metrics, _, _ = run_local(flat)
+    everyone = sorted(eps)
+    others = [s for s in everyone if s != worst]
+    assert metrics["participation"]["classifier"] == [everyone]
+    assert metrics["participation"]["influence"] == [everyone]
+    assert metrics["participation"]["diffusion"] == [others]
+    assert metrics["privacy_settings"]["excluded_sites"] == [worst]
+    phases_of = {s: {r["phase"] for r in metrics["privacy"] if r["site"] == s and r["dp"]} for s in everyone}
+    assert phases_of[worst] == {"classifier", "influence", "total"}  # it never ran DP-SGD on the U-Net
+    for site in others:
+        assert phases_of[site] == {"classifier", "influence", "diffusion", "total"}
+    for row in metrics["privacy"]:
+        if row["phase"] == "total":
+            assert row["epsilon"] <= flat["privacy.max-epsilon"]
+    worst_diffusion = next(r for r in metrics["privacy"] if r["site"] == worst and r["phase"] == "diffusion")
+    assert worst_diffusion["epsilon"] == 0.0 and not worst_diffusion["released"]  # it released nothing there
+    assert set(metrics["sites"]) == set(everyone)  # the dropped site still generated and evaluated locally
