@@ -43,7 +43,8 @@ def run_generation_phase(run: ServerRun) -> None:
 
 
 def pool_site_metrics(site_metrics: dict[str, dict]) -> dict:
-    """Site-weighted (by test size) TSTR / TSRTR summaries, theta*'s scores and mean influence."""
+    """Site-weighted (by test size) TSTR / TSRTR summaries, theta*'s scores, mean influence and
+    fidelity scores (sites where a score is undefined are left out of its average)."""
     names = sorted(site_metrics)
     weights = [float(site_metrics[n]["test_size"]) for n in names]
     first = site_metrics[names[0]]
@@ -61,4 +62,14 @@ def pool_site_metrics(site_metrics: dict[str, dict]) -> dict:
         k: float(np.average([site_metrics[n]["influence"][k] for n in names], weights=weights))
         for k in first["influence"]
     }
-    return {"tstr": tstr, "tsrtr": tsrtr, "global_classifier": global_scores, "influence": influence}
+    fidelity = {}
+    for set_name in first.get("fidelity", {}):
+        keys = first["fidelity"][set_name]
+        fidelity[set_name] = {}
+        for key in keys:
+            vals = np.array([site_metrics[n].get("fidelity", {}).get(set_name, {}).get(key, np.nan) for n in names],
+                            dtype=float)
+            w = np.asarray(weights) * np.isfinite(vals)
+            fidelity[set_name][key] = float(np.nansum(vals * w) / w.sum()) if w.sum() else float("nan")
+    return {"tstr": tstr, "tsrtr": tsrtr, "global_classifier": global_scores, "influence": influence,
+            "fidelity": fidelity}

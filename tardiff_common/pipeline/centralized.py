@@ -32,6 +32,7 @@ from .config import RunConfig
 from .phases import (
     classifier_round,
     diffusion_round,
+    fidelity_of_sets,
     generate_synthetic_sets,
     guidance_sum,
     local_histogram,
@@ -110,6 +111,7 @@ def run_centralized(
         ", ".join(f"{k} {v:.4g}" for k, v in influence.items()))
 
     with timer("evaluation"):
+        fidelity = fidelity_of_sets(synthetic, data, config)
         tests = {"pooled": (data.test_x, data.test_y), **{s.name: (s.test_x, s.test_y) for s in per_site}}
         utility = evaluate_utility(
             (data.train_x, data.train_y), (data.guidance_x, data.guidance_y), tests, synthetic,
@@ -121,12 +123,16 @@ def run_centralized(
         "tstr": {m: by_test["pooled"] for m, by_test in utility["tstr"].items()},
         "tsrtr": {m: {r: by_test["pooled"] for r, by_test in rs.items()} for m, rs in utility["tsrtr"].items()},
         "site_weighted": {
-            "tstr": {m: weighted_summary([by_test[s.name] for s in per_site], weights) for m, by_test in utility["tstr"].items()}
+            "tstr": {m: weighted_summary([by_test[s.name] for s in per_site], weights)
+                     for m, by_test in utility["tstr"].items()},
+            "tsrtr": {m: {r: weighted_summary([by_test[s.name] for s in per_site], weights)
+                          for r, by_test in rs.items()} for m, rs in utility["tsrtr"].items()},
         },
         "per_site_test": {
             s.name: {"tstr": {m: by_test[s.name] for m, by_test in utility["tstr"].items()}} for s in per_site
         },
         "influence": influence,
+        "fidelity": fidelity,
         "guidance_records": G.count,
         "data": {"source": config.data.source, "sites": [s.summary() for s in sites]},
         "timing": timer.as_dict(),

@@ -87,7 +87,8 @@ class GenerationConfig:
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    """Downstream model trained for TSTR / TSRTR (fresh per seed), evaluated on the real test split."""
+    """Downstream model trained for TSTR / TSRTR (fresh per seed), evaluated on the real test split;
+    ``fidelity`` picks the fidelity metrics' settings ("default", "tiny" for tests, "off")."""
 
     classifier: str = "cnn"
     hidden: int = 32
@@ -97,6 +98,11 @@ class EvaluationConfig:
     lr: float = 1e-3
     seeds: tuple[int, ...] = (0, 1, 2)
     tsrtr_ratios: tuple[float, ...] = (0.5, 1.0)
+    fidelity: str = "default"
+
+    def __post_init__(self) -> None:
+        if self.fidelity not in ("off", "tiny", "default"):
+            raise ValueError(f"evaluation.fidelity must be 'off', 'tiny' or 'default', got {self.fidelity!r}")
 
     def classifier_config(self) -> ClassifierConfig:
         return ClassifierConfig(kind=self.classifier, hidden=self.hidden, num_layers=self.num_layers,
@@ -268,7 +274,7 @@ def _tiny() -> RunConfig:
         diffusion_train=DiffusionTrainConfig(epochs=1, batch_size=32),
         sampling=SamplingConfig(num_inference_steps=4),
         guidance=GuidanceConfig(scale=10.0),
-        evaluation=EvaluationConfig(hidden=8, num_layers=1, epochs=1, seeds=(0,), tsrtr_ratios=(1.0,)),
+        evaluation=EvaluationConfig(hidden=8, num_layers=1, epochs=1, seeds=(0,), tsrtr_ratios=(1.0,), fidelity="tiny"),
         federation=FederationConfig(classifier_rounds=2, diffusion_rounds=2),
     )
 

@@ -319,5 +319,27 @@ def evaluate_site(
         "tstr": {m: by_test["site"] for m, by_test in utility["tstr"].items()},
         "tsrtr": {m: {r: by_test["site"] for r, by_test in rs.items()} for m, rs in utility["tsrtr"].items()},
         "global_classifier": binary_scores(data.test_y, predict_proba(classifier, data.test_x), threshold),
+        "fidelity": fidelity_of_sets(synthetic, data, config, membership=False),
         "test_size": int(len(data.test_y)),
     }
+
+
+def fidelity_of_sets(
+    synthetic: dict[str, tuple[np.ndarray, np.ndarray]],
+    data: NormalizedSplits,
+    config: RunConfig,
+    *,
+    membership: bool = True,
+) -> dict[str, dict[str, float]]:
+    """{set: fidelity scores} (discriminative, predictive MAE, Context-FID and, if asked, the
+    membership attack with DCR) of each synthetic set against this site's real records."""
+    from ..metrics.fidelity import FIDELITY_METRICS, FidelityConfig, fidelity_scores
+
+    if config.evaluation.fidelity == "off":
+        return {}
+    base = FidelityConfig.tiny() if config.evaluation.fidelity == "tiny" else FidelityConfig()
+    metrics = tuple(m for m in FIDELITY_METRICS if membership or m != "membership")
+    fid_config = replace(base, metrics=metrics)
+    seed = derive_seed(config.seed, PHASE_IDS["evaluation"])
+    return {name: fidelity_scores(data.train_x, data.test_x, x, seed=seed, config=fid_config)
+            for name, (x, _) in synthetic.items()}

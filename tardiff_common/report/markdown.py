@@ -74,6 +74,22 @@ def render_report(metrics: dict, *, title: str, figures: list[str]) -> str:
             "|---|---|",
         ]
         lines += [f"| {k} | {v:.4g} |" for k, v in infl.items() if isinstance(v, (int, float))]
+    fidelity = metrics.get("fidelity") or {}
+    if fidelity:
+        keys = [k for k in ("discriminative", "predictive_mae", "context_fid", "mia_auc", "mia_f1", "dcr_ratio")
+                if any(k in v for v in fidelity.values())]
+        lines += ["", "## Fidelity and privacy of the synthetic sets", "",
+                  "Discriminative score |acc - 0.5| (0 best), predictive MAE (train on synthetic, test on real; "
+                  "lower better), Context-FID with a fixed random-convolution encoder (0 best), membership "
+                  "attack AUC (0.5 = no leak), DCR ratio members / non-members (1 = no leak)"
+                  + (", test-size-weighted over sites." if federated else "."), "",
+                  "| set | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        for name, scores in fidelity.items():
+            cells = []
+            for k in keys:
+                v = scores.get(k)
+                cells.append("n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3f}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if metrics.get("comparison"):
         lines += ["", "## Federated vs centralized (site-weighted TSTR)", ""]
         lines += _score_table(metrics["comparison"], first_col="run / training data")

@@ -29,6 +29,7 @@ def test_cli_tiny_run_writes_a_complete_report(tmp_path, capsys):
         assert set(metrics["tstr"][method]) >= {"auroc", "auprc", "minority_f1"}
     assert set(metrics["timing"]) >= {"classifier", "influence", "diffusion", "generation", "evaluation", "total"}
     assert metrics["federated"] is False
+    assert set(metrics["fidelity"]["unguided"]) >= {"discriminative", "predictive_mae", "context_fid", "mia_auc"}
     synth = np.load(out / "synthetic.npz")
     assert synth["tardiff_x"].shape[1:] == (3, 16) and synth["tardiff_y"].sum() > 0
     assert "TSTR" in (out / "report.md").read_text()

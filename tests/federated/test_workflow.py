@@ -44,6 +44,8 @@ def test_report_schema_and_files(tmp_path):
         assert set(saved["tstr"][method]) >= {"auroc", "auprc", "minority_f1"}
     assert set(saved["sites"]) == {"hospital_a", "hospital_b", "hospital_c"}
     assert set(saved["timing"]) >= {"normalization", "classifier", "influence", "diffusion", "generation", "total"}
+    assert set(saved["fidelity"]["tardiff"]) >= {"discriminative", "predictive_mae", "context_fid"}
+    assert 0.0 <= saved["fidelity"]["tardiff"]["discriminative"] <= 0.5
     assert saved["participation"]["classifier"] == [["hospital_a", "hospital_b", "hospital_c"]] * 2
     # each site kept its synthetic data on its own disk
     for site in saved["sites"]:
