@@ -8,13 +8,18 @@ Privacy (``privacy.*``, docs/PRIVACY.md): with DP on, the influence handler rele
 and noised G_k and the training handlers run DP-SGD; every DP step is appended to the site's
 ledger in ``context.state`` (``protocol.PRIVACY_LEDGER``) and checked against
 ``privacy.max-epsilon`` *before* it runs (a refusal is an error reply naming site, phase and the
-epsilon it would reach). Replies carry the site's epsilon as metrics ("privacy/..."). With
+epsilon it would reach). A DP message also lists the DP operations the server sent this site
+before (``protocol.PRIVACY_SPENT``); a site whose ledger was lost with its state (a restarted
+SuperNode, a resumed run) restores it from its plan first (``_restore_ledger``). Replies carry
+the site's epsilon as metrics ("privacy/..."). Training replies are packed like the request
+(``protocol.reply_record``: one flat vector, averaged element-wise by FedAvg). With
 ``privacy.secure-aggregation`` the influence step runs as the SecAgg+ "train" handler below.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 
 import numpy as np
 import torch
@@ -98,6 +103,35 @@ def _record(site: Site, context: Context, entries: list[Entry], phase: str) -> d
     P.save_ledger(context, ledger)
     summary = ledger.summary(p.delta, p.accountant)
     return {"privacy": {"epsilon": summary["epsilon"], "delta": p.delta, phase: summary[phase]}}
+
+
+def _restore_ledger(site: Site, context: Context, spent: list[str]) -> None:
+    """Count every DP operation the server dispatched to this site before (``spent``: "<phase>:<round>").
+
+    The ledger lives in ``context.state``, which a restarted SuperNode or a resumed run (a new
+    Flower run) no longer has. For each DP phase in which the ledger counts fewer operations
+    than the server dispatched, the missing ones are added from the site's plan (the same
+    entries its DP steps record), so the site's epsilon and budget checks never fall below what
+    it may have released. A ledger that counts as many or more is left as it is.
+    """
+    p = site.config.privacy
+    if not spent or not (p.gradient_sum_dp or p.dp_sgd):
+        return
+    plan = _plan(site, context)
+    entries = {"classifier": plan.classifier_round, "influence": plan.gradient_sum, "diffusion": plan.diffusion_round}
+    ledger = P.load_ledger(context)
+    have = Counter(e.phase for e in ledger.entries)
+    want = Counter(op.split(":")[0] for op in spent)
+    missing = [entries[phase] for phase, n in want.items() if entries.get(phase) is not None
+               for _ in range(n - have[phase])]
+    if missing:
+        ledger.add(missing)
+        P.save_ledger(context, ledger)
+
+
+def _spent(msg: Message) -> list[str]:
+    record = msg.content.config_records.get(P.PRIVACY_SPENT) if P.PRIVACY_SPENT in msg.content.config_records else None
+    return P.spent_ops(record["ops"]) if record is not None else []
 
 
 def _site_gradient_sum(site: Site, context: Context, data: phases.NormalizedSplits,
@@ -194,6 +228,7 @@ def train_classifier(msg: Message, context: Context) -> Message:
     config = P.config_from_record(msg.content[P.CONFIG])
     server_round = int(config["server-round"])
     model = _classifier(site, P.from_array_record(msg.content[P.ARRAYS]))
+    _restore_ledger(site, context, _spent(msg))
     session = _dp_session(site, context, "classifier", server_round)
     stats = phases.classifier_round(model, data, site.config, server_round=server_round, site_index=site.index,
                                     pos_weight=float(config["pos-weight"]),
@@ -201,7 +236,7 @@ def train_classifier(msg: Message, context: Context) -> Message:
     metrics = {"num-examples": len(data.train_y), "loss": stats["loss"]}
     if session:
         metrics.update(P.flatten_metrics(_record(site, context, session.entries, "classifier")))
-    return _reply(msg, **{P.ARRAYS: P.to_array_record(module_to_numpy(model)),
+    return _reply(msg, **{P.ARRAYS: P.reply_record(module_to_numpy(model), msg.content[P.ARRAYS]),
                           P.METRICS: MetricRecord(metrics),
                           P.SITE: _site_record(site)})
 
@@ -217,6 +252,7 @@ def influence(msg: Message, context: Context) -> Message:
     site = load_site(context)
     data = _normalized(site, msg)
     model = _classifier(site, P.from_array_record(msg.content[P.CLASSIFIER]))
+    _restore_ledger(site, context, _spent(msg))
     g_sum, extra = _site_gradient_sum(site, context, data, model)
     return _reply(msg, **{P.GRADIENT: P.to_array_record({"sum": g_sum.to_numpy()}),
                           P.METRICS: MetricRecord({"count": g_sum.count, **P.flatten_metrics(extra)}),
@@ -243,6 +279,7 @@ def secure_influence(msg: Message, context: Context) -> Message:
     normalizer = dict(zip(norm_names, arrays[len(cls_names):], strict=True))
     site = load_site(context)
     data = phases.normalize_splits(site.splits, normalizer_from_numpy(normalizer))
+    _restore_ledger(site, context, P.spent_ops(cfg.get(P.PRIVACY_SPENT, "")))
     g_sum, extra = _site_gradient_sum(site, context, data, _classifier(site, classifier))
     scale = float(cfg["scale"])
     vector = np.concatenate([g_sum.to_numpy() * scale, [g_sum.count * scale]])
@@ -282,6 +319,7 @@ def train_diffusion(msg: Message, context: Context) -> Message:
     ema = EMA(unet, site.config.diffusion_train.ema_decay)
     load_module_numpy(ema.shadow, ema_arrays, what="U-Net EMA")
     server_round = int(config["server-round"])
+    _restore_ledger(site, context, _spent(msg))
     session = _dp_session(site, context, "diffusion", server_round)
     stats = phases.diffusion_round(unet, ema, data, site.config, server_round=server_round,
                                    site_index=site.index, **({"privacy": session} if session else {}))
@@ -289,7 +327,7 @@ def train_diffusion(msg: Message, context: Context) -> Message:
     metrics = {"num-examples": len(data.train_y), "loss": stats["loss"]}
     if session:
         metrics.update(P.flatten_metrics(_record(site, context, session.entries, "diffusion")))
-    return _reply(msg, **{P.ARRAYS: P.to_array_record(arrays),
+    return _reply(msg, **{P.ARRAYS: P.reply_record(arrays, msg.content[P.ARRAYS]),
                           P.METRICS: MetricRecord(metrics),
                           P.SITE: _site_record(site)})
 

@@ -27,9 +27,27 @@ with "privacy budget exceeded" and names the site, the phase and the epsilon it 
 Record keys inside a message's RecordDict are the constants below. Everything a site sends is
 parameters, sums, counts or metrics: never an array with a record dimension (``server.audit``
 checks every reply).
+
+Packed weights (fewer, bigger messages). In deployment every Array of a message is its own
+object (own HTTP request) on the way through the SuperLink, so a model's ~100-300 tensors cost
+~100-300 requests per message. Model weights and normalizers therefore travel *packed*: one
+flat vector per dtype, ``"packed.<dtype>"`` (e.g. ``"packed.float32"``), and, in messages from
+the server, the index ``"packed.index"`` (a uint8 array holding JSON ``[[name, dtype, shape,
+offset], ...]``, offsets into the vector of that dtype) in the same ArrayRecord.
+``from_array_record`` unpacks such a record transparently. A site answers a packed training
+message with ``reply_record``: the vectors in the layout of the index it received and *no*
+index, so Flower's FedAvg, which averages every array of the reply's single ArrayRecord key by
+key, averages the flat vector element by element: bit for bit what it computes tensor by
+tensor. The server unpacks the average with its own index (``unpack_record``). Integer
+tensors (none in the current models) would travel in their own ``"packed.int64"`` vector,
+come back averaged as floats and be rounded to their dtype on unpacking.
 """
 
 from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
@@ -48,6 +66,12 @@ __all__ = [
     "GENERATE",
     "to_array_record",
     "from_array_record",
+    "PackIndex",
+    "to_packed_record",
+    "reply_record",
+    "unpack_record",
+    "spent_record",
+    "spent_ops",
     "to_metric_record",
     "from_metric_record",
     "config_from_record",
@@ -78,15 +102,131 @@ METRICS = "metrics"
 SITE = "site"
 PRIVACY_LEDGER = "privacy.ledger"  # context.state: the site's DP ledger
 PRIVACY_PLAN = "privacy.plan"  # context.state: the site's solved DP schedule (cache)
+PRIVACY_SPENT = "privacy.spent"  # server -> site: the DP operations dispatched to this site before
+PACKED = "packed."  # ArrayRecord keys "packed.<dtype>": one flat vector per dtype
+PACK_INDEX = "packed.index"  # ArrayRecord key of the index (uint8 JSON) in server -> site messages
 
 
 def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    """{name: ndarray} -> ArrayRecord (order kept)."""
+    """{name: ndarray} -> ArrayRecord (order kept), one Array per entry."""
     return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in arrays.items()})
 
 
 def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """ArrayRecord -> {name: ndarray}; a packed record with its index is unpacked."""
+    if PACK_INDEX in record:
+        return PackIndex.from_array(record[PACK_INDEX].numpy()).unpack(
+            {k: a.numpy() for k, a in record.items() if k != PACK_INDEX})
     return {name: array.numpy() for name, array in record.items()}
+
+
+# ----------------------------------------------------------------------------- packing
+
+
+@dataclass(frozen=True)
+class PackIndex:
+    """Layout of packed arrays: (name, dtype, shape, offset into the flat vector of that dtype)."""
+
+    entries: tuple[tuple[str, str, tuple[int, ...], int], ...]
+
+    @classmethod
+    def of(cls, arrays: dict[str, np.ndarray]) -> PackIndex:
+        offsets: Counter = Counter()
+        entries = []
+        for name, value in arrays.items():
+            value = np.asarray(value)
+            dtype = value.dtype.name
+            entries.append((str(name), dtype, tuple(int(d) for d in value.shape), offsets[dtype]))
+            offsets[dtype] += int(value.size)
+        return cls(tuple(entries))
+
+    def sizes(self) -> dict[str, int]:
+        """{dtype: length of its flat vector}."""
+        sizes: dict[str, int] = {}
+        for _, dtype, shape, offset in self.entries:
+            sizes[dtype] = max(sizes.get(dtype, 0), offset + int(np.prod(shape, dtype=np.int64)))
+        return sizes
+
+    def expected(self) -> dict[str, tuple[int, ...]]:
+        """{"packed.<dtype>": (length,)}: the arrays a packed reply must hold (for ``server.audit``)."""
+        return {PACKED + dtype: (n,) for dtype, n in self.sizes().items()}
+
+    @property
+    def names(self) -> list[str]:
+        return [e[0] for e in self.entries]
+
+    def pack(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """{name: ndarray} in this layout -> {"packed.<dtype>": flat vector}; names and shapes must match."""
+        if set(arrays) != set(self.names) or len(arrays) != len(self.entries):
+            diff = sorted(set(arrays) ^ set(self.names))
+            raise ValueError(f"packed arrays: names do not match the index (differ: {diff[:3]})")
+        vectors = {dtype: np.empty(n, dtype=dtype) for dtype, n in self.sizes().items()}
+        for name, dtype, shape, offset in self.entries:
+            value = np.asarray(arrays[name])
+            if tuple(value.shape) != shape:
+                raise ValueError(f"packed arrays: {name!r} has shape {value.shape}, the index says {shape}")
+            vectors[dtype][offset:offset + value.size] = value.reshape(-1)
+        return {PACKED + dtype: v for dtype, v in vectors.items()}
+
+    def unpack(self, vectors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """{"packed.<dtype>": flat vector} -> {name: ndarray} (integer tensors averaged as floats are rounded)."""
+        sizes = self.sizes()
+        if set(vectors) != {PACKED + d for d in sizes}:
+            raise ValueError(f"packed record has {sorted(vectors)}, the index needs {sorted(PACKED + d for d in sizes)}")
+        for dtype, n in sizes.items():
+            if np.asarray(vectors[PACKED + dtype]).shape != (n,):
+                raise ValueError(f"packed vector {PACKED + dtype} has shape {np.shape(vectors[PACKED + dtype])}, "
+                                 f"the index needs ({n},)")
+        out = {}
+        for name, dtype, shape, offset in self.entries:
+            flat = np.asarray(vectors[PACKED + dtype])
+            part = flat[offset:offset + int(np.prod(shape, dtype=np.int64))].reshape(shape)
+            if flat.dtype != np.dtype(dtype):
+                part = np.rint(part) if np.issubdtype(np.dtype(dtype), np.integer) else part
+                part = part.astype(dtype)
+            out[name] = part
+        return out
+
+    def to_array(self) -> np.ndarray:
+        text = json.dumps([[n, d, list(s), o] for n, d, s, o in self.entries], separators=(",", ":"))
+        return np.frombuffer(text.encode(), dtype=np.uint8).copy()
+
+    @classmethod
+    def from_array(cls, array: np.ndarray) -> PackIndex:
+        rows = json.loads(np.asarray(array, dtype=np.uint8).tobytes().decode())
+        return cls(tuple((str(n), str(d), tuple(int(x) for x in s), int(o)) for n, d, s, o in rows))
+
+
+def to_packed_record(arrays: dict[str, np.ndarray], index: PackIndex | None = None) -> ArrayRecord:
+    """{name: ndarray} -> ArrayRecord {"packed.<dtype>": vector, "packed.index": index} (server -> site)."""
+    index = index or PackIndex.of(arrays)
+    return to_array_record({**index.pack(arrays), PACK_INDEX: index.to_array()})
+
+
+def reply_record(arrays: dict[str, np.ndarray], request: ArrayRecord) -> ArrayRecord:
+    """A site's weights for its reply: packed in the layout of the ``request`` record (without
+    the index) when the request was packed, else one Array per tensor."""
+    if PACK_INDEX in request:
+        return to_array_record(PackIndex.from_array(request[PACK_INDEX].numpy()).pack(arrays))
+    return to_array_record(arrays)
+
+
+def unpack_record(record: ArrayRecord, index: PackIndex) -> dict[str, np.ndarray]:
+    """A packed reply (or FedAvg's average of packed replies) -> {name: ndarray} with the server's ``index``."""
+    return index.unpack({k: a.numpy() for k, a in record.items() if k != PACK_INDEX})
+
+
+# ----------------------------------------------------------------------------- DP operations spent
+
+
+def spent_record(ops: list[str]) -> ConfigRecord:
+    """The DP operations ("<phase>:<round>") the server dispatched to a site before this message."""
+    return ConfigRecord({"ops": ",".join(ops)})
+
+
+def spent_ops(text: object) -> list[str]:
+    """"classifier:1,classifier:2,influence:0" -> ["classifier:1", ...] ("" -> [])."""
+    return [op for op in str(text or "").split(",") if op]
 
 
 def to_metric_record(nested: dict) -> MetricRecord:

@@ -12,9 +12,11 @@ Which records a site holds (node config first, then run config):
 * simulation: ``partition-id`` / ``num-partitions`` pick one site of ``data.source`` (the
   embedded generator by default) in a fixed order.
 
-``device`` in the node config (auto | cpu | cuda) overrides the run config's, and
-``output-dir`` says where the site keeps its synthetic data (default: ``<output.dir>/<run
-name>/sites/<site>`` on the node's file system).
+``device`` in the node config (auto | cpu | cuda) overrides the run config's, ``threads``
+(torch CPU threads of the site's ClientApp; 0 = torch's default, all cores) overrides the run
+config's ``threads`` (which the coordinator sets for everyone), and ``output-dir`` says where
+the site keeps its synthetic data (default: ``<output.dir>/<run name>/sites/<site>`` on the
+node's file system).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from tardiff_common.pipeline.config import RunConfig
 from tardiff_common.pipeline.phases import prepare_splits, resolve_device
 
 __all__ = ["Site", "load_site"]
+
+_DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice at import (before any override)
 
 
 @dataclass(frozen=True)
@@ -89,8 +93,15 @@ def load_site(context: Context) -> Site:
         config = replace(config, data=replace(config.data, **data_overrides))
     if node.get("device"):
         config = replace(config, device=str(node["device"]))
+    if "threads" in node and str(node["threads"]).strip() != "":
+        threads = int(node["threads"])
+        if threads < 0:
+            raise ValueError(f"node config threads={threads}: must be >= 0 (0 = torch's default)")
+        config = replace(config, threads=threads)
     if config.threads:
         torch.set_num_threads(config.threads)
+    elif "threads" in node:  # threads=0 in the node config: torch's default (all cores), not the run's
+        torch.set_num_threads(_DEFAULT_THREADS)
     index, site = _pick(load_sites_for(config.data), node, config.data.source)
     return Site(index=index, name=site.name, config=config, splits=prepare_splits(site, config),
                 device=resolve_device(config.device), node_config=node)

@@ -19,7 +19,7 @@ echo "done in $(( $(date +%s) - START )) s; report: runs/$NAME/report.md"
 python - "runs/$NAME/metrics.json" <<'PY'
 import json, sys
 m = json.load(open(sys.argv[1]))
-print("site-weighted TSTR on the hospitals' own test splits (mean over evaluation seeds):")
+print("site-weighted TSTR (and TSRTR) on the hospitals' own test splits (mean over evaluation seeds):")
 for name, s in m["comparison"].items():
-    print(f"  {name:28s} AUROC {s['auroc']:.3f}  AUPRC {s['auprc']:.3f}  minority F1 {s['minority_f1']:.3f}")
+    print(f"  {name:38s} AUROC {s['auroc']:.3f}  AUPRC {s['auprc']:.3f}  minority F1 {s['minority_f1']:.3f}")
 PY

@@ -5,6 +5,9 @@ array, and it checks that nothing in it is *record-shaped*:
 
 * parameter records must have exactly the names and shapes the server sent out (a weight
   matrix may happen to have a record count as a dimension; its shape is the server's own);
+  packed weights (``client.protocol``) are one flat vector per dtype, so a packed record must
+  hold exactly those vectors, of exactly the lengths of the server's index: an extra array in
+  it (record-shaped or not) is refused, as is any length change;
 * any other array or metric list must not have a dimension equal to one of the sender's
   record counts (train / guidance / test / all) with only channels C or time L beside it
   (e.g. [n, C, L], [n, C], [n] labels).
@@ -38,6 +41,7 @@ class AuditEntry:
     arrays: dict[str, list[int]] = field(default_factory=dict)
     metric_lists: dict[str, int] = field(default_factory=dict)
     error: str = ""
+    attempt: int = 0  # 0: the round's first message, k: its k-th retry (federation.on-site-failure = "retry")
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """The federated run's report: ``metrics.json``, ``report.md``, plots and the message audit.
 
 The schema matches the centralized pipeline's ("tstr" / "tsrtr" / "influence" / "timing"),
-plus ``"federated": true``, per-site results, participation per phase and round, bytes per
-site and message type, and, when a centralized baseline run on the same data and config is
+plus ``"federated": true``, per-site results, participation per phase and round
+(``participation``: the sites used; ``participation_rounds``: sites asked, used, dropped and why,
+retries), the resumes of an interrupted run, bytes per site and message type, and, when a centralized baseline run on the same data and config is
 found (``output.baseline``), a federated-vs-centralized comparison.
 
 Privacy: ``"privacy"`` lists epsilon, delta, sigma and C per site and per DP phase plus each
@@ -42,12 +43,25 @@ def load_baseline(run: ServerRun) -> dict | None:
     return json.loads(file.read_text())
 
 
+def _tsrtr_at_largest_ratio(tsrtr: dict | None) -> dict[str, dict]:
+    """{method: summary} of TSRTR at the largest synthetic:real ratio evaluated."""
+    out = {}
+    for method, by_ratio in (tsrtr or {}).items():
+        if by_ratio:
+            ratio = max(by_ratio, key=float)
+            out[f"real + {method} x{float(ratio):g}"] = by_ratio[ratio]
+    return out
+
+
 def comparison_rows(federated: dict, baseline: dict | None) -> dict[str, dict]:
-    """Site-weighted TSTR of the federated and centralized runs side by side."""
+    """Site-weighted TSTR (and TSRTR at the largest ratio) of the federated and centralized runs
+    side by side: ``{"<run> / <method>": {"auroc", "auprc", "minority_f1", ...}}``."""
     rows = {f"federated / {m}": s for m, s in federated["tstr"].items()}
+    rows.update({f"federated / {m}": s for m, s in _tsrtr_at_largest_ratio(federated.get("tsrtr")).items()})
     if baseline:
-        for m, s in baseline.get("site_weighted", {}).get("tstr", {}).items():
-            rows[f"centralized / {m}"] = s
+        weighted = baseline.get("site_weighted", {})
+        rows.update({f"centralized / {m}": s for m, s in weighted.get("tstr", {}).items()})
+        rows.update({f"centralized / {m}": s for m, s in _tsrtr_at_largest_ratio(weighted.get("tsrtr")).items()})
     return rows
 
 
@@ -62,8 +76,10 @@ def write_federated_report(run: ServerRun) -> dict:
         "sites": site_metrics,
         "guidance_records": run.state.get("guidance_records"),
         "participation": run.participation,
+        "participation_rounds": run.rounds,
+        "resumes": run.resumes,
         "communication": run.audit.summary(),
-        "data": {"source": run.config.data.source, "sites": [s.summary() for s in run.sites.values()]},
+        "data": {"source": run.config.data.source, "sites": [s.summary() for _, s in sorted(run.registered.items())]},
         "timing": run.timer.as_dict(),
         "privacy": privacy_rows(run, site_metrics),
         "privacy_settings": _privacy_settings(run),
@@ -78,9 +94,28 @@ def write_federated_report(run: ServerRun) -> dict:
     write_json_atomic(run.run_dir / "metrics.json", metrics)
     report = render_report(to_jsonable(metrics), title=f"Federated TarDiff run report: {run.run_name}", figures=figures)
     report += _privacy_section(metrics)
+    report += _participation_section(metrics)
     report += _communication_section(metrics["communication"])
     write_bytes_atomic(run.run_dir / "report.md", report.encode())
     return metrics
+
+
+def _participation_section(metrics: dict) -> str:
+    """Phase x round -> the sites whose replies were used; the sites dropped and why; resumes."""
+    lines = ["", "## Participation", "",
+             "Which sites' replies each round used (a site asked but not used was dropped: the reason is "
+             "its error reply, a timeout, or a privacy-budget refusal).", "",
+             "| phase | round | sites used | dropped (why) | retries |", "|---|---|---|---|---|"]
+    for row in metrics.get("participation_rounds", []):
+        dropped = "; ".join(f"{site}: {why}" for site, why in row.get("dropped", {}).items()) or "-"
+        lines.append(f"| {row['phase']} | {row['round']} | {', '.join(row['sites']) or '-'} | "
+                     f"{dropped.replace('|', '/')} | {row.get('retries', 0)} |")
+    for i, resume in enumerate(metrics.get("resumes", []), 1):
+        lines.append("")
+        lines.append(f"Resumed ({i}) after {resume.get('phase')} round {resume.get('round')} "
+                     f"(finished phases: {', '.join(resume.get('completed', [])) or 'none'}); "
+                     f"it had stopped with: {resume.get('stopped_with') or 'no recorded failure'}.")
+    return "\n".join(lines) + "\n"
 
 
 def _communication_section(comm: dict) -> str:
@@ -100,7 +135,7 @@ def _privacy_settings(run: ServerRun) -> dict:
            "dp_sgd_diffusion": p.dp_sgd_diffusion, "accountant": p.accountant, "delta": p.delta,
            "target_epsilon": p.target_epsilon, "max_epsilon": p.max_epsilon,
            "on_budget_exceeded": p.on_budget_exceeded, "secure_aggregation": p.secure_aggregation,
-           "excluded_sites": [run.audit.site_name(n) for n in run.state.get("privacy_excluded", [])]}
+           "excluded_sites": list(run.state.get("privacy_excluded", []))}
     if p.secure_aggregation:
         out.update(secagg_num_shares=p.secagg_num_shares,
                    secagg_reconstruction_threshold=p.secagg_reconstruction_threshold,

@@ -2,15 +2,31 @@
 
 ``ServerRun`` holds the grid, the typed config, the message audit, the run folder and the
 global state the phases build up (normalizer, classifier theta*, G, U-Net, metrics). Every
-message to the sites goes through ``send`` (audited, timed out, failures recorded), and the
-state is checkpointed atomically after each round and phase.
+message to the sites goes through ``send`` (audited, timed out, retried or dropped as
+``federation.on-site-failure`` says, replies in site-name order), and the state is
+checkpointed atomically after each round and phase, so that ``output.resume = true``
+(``ServerRun.resume``) can continue an interrupted run where it stopped.
+
+Checkpoint (``<run folder>/checkpoint/``):
+
+* ``state.npz``: every array of the global state *and* the run's progress as JSON (key
+  ``PROGRESS_KEY``), written in one atomic file, so arrays and progress always agree; the
+  previous file is replaced only once the new one is complete;
+* ``progress.json``: a readable copy of that progress (phase, round, finished phases, sites,
+  participation, timing, the run config, ...);
+* ``audit.jsonl``: the message audit so far (the progress records how many rows belong to it);
+* ``privacy_dispatched.json``: with DP, the DP operations sent to each site, written *before*
+  they are sent (see ``server.privacy``);
+* ``failure.json``: why the run stopped, if it did (moved to ``failure-<n>.json`` on resume).
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +34,21 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from tardiff_common.pipeline.config import RunConfig
-from tardiff_common.pipeline.timing import PhaseTimer
-from tardiff_common.report.run_folder import write_json_atomic, write_npz_atomic
+from tardiff_common.privacy.accounting import BUDGET_MARKER
+from tardiff_common.report.run_folder import write_bytes_atomic, write_json_atomic, write_npz_atomic
 
-from .audit import MessageAudit
+from .audit import AuditEntry, MessageAudit
 
-__all__ = ["SiteInfo", "ServerRun", "TooFewSitesError"]
+__all__ = ["SiteInfo", "ServerRun", "TooFewSitesError", "RunTimer", "PROGRESS_KEY", "RESUME_MAY_CHANGE"]
+
+PROGRESS_KEY = "__progress__"  # state.npz: the progress JSON, saved with the arrays it describes
+
+# run-config keys a resumed run may change (operations, not the method); every other key must be equal
+RESUME_MAY_CHANGE = frozenset({
+    "output.resume", "output.baseline", "threads", "device",
+    "federation.num-sites", "federation.min-sites", "federation.wait-for-sites-s", "federation.round-timeout-s",
+    "federation.on-site-failure", "federation.max-retries", "federation.retry-wait-s",
+})
 
 
 class TooFewSitesError(RuntimeError):
@@ -50,6 +75,49 @@ class SiteInfo:
                 "positives": pos, "prevalence": self.counts["train-positives"] / max(self.counts["train"], 1),
                 "missing_fraction": dict(zip(self.channels, self.missing_fraction))}
 
+    def to_json(self) -> dict:
+        return {**asdict(self), "channels": list(self.channels)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> SiteInfo:
+        return cls(node_id=int(data["node_id"]), name=str(data["name"]), index=int(data["index"]),
+                   counts={k: int(v) for k, v in data["counts"].items()}, channels=tuple(data["channels"]),
+                   length=int(data["length"]), missing_fraction=[float(v) for v in data["missing_fraction"]])
+
+
+class RunTimer:
+    """Wall-clock seconds per phase (``with timer("diffusion"): ...``), resumable: a checkpoint
+    includes the seconds of the phase in progress, and a resumed run adds to what it loaded."""
+
+    def __init__(self, seconds: dict[str, float] | None = None, elapsed_before: float = 0.0) -> None:
+        self.seconds: dict[str, float] = dict(seconds or {})
+        self.elapsed_before = float(elapsed_before)
+        self._start = time.perf_counter()
+        self._current: tuple[str, float] | None = None
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        self._current = (phase, start)
+        try:
+            yield
+        finally:
+            self._current = None
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def as_dict(self) -> dict[str, float]:
+        seconds = dict(self.seconds)
+        if self._current is not None:
+            phase, start = self._current
+            seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - start
+        total = self.elapsed_before + time.perf_counter() - self._start
+        return {**{k: round(v, 3) for k, v in seconds.items()}, "total": round(total, 3)}
+
+
+def _retryable(reason: str) -> bool:
+    """A budget refusal is final (the site would refuse again); anything else may be transient."""
+    return BUDGET_MARKER not in reason
+
 
 @dataclass
 class ServerRun:
@@ -59,10 +127,16 @@ class ServerRun:
     run_name: str
     log: Callable[[str], None] = print
     audit: MessageAudit = field(default_factory=MessageAudit)
-    timer: PhaseTimer = field(default_factory=PhaseTimer)
-    sites: dict[int, SiteInfo] = field(default_factory=dict)
+    timer: RunTimer = field(default_factory=RunTimer)
+    sites: dict[int, SiteInfo] = field(default_factory=dict)  # node id -> site, the nodes of this run
     state: dict = field(default_factory=dict)
     participation: dict[str, list[list[str]]] = field(default_factory=dict)
+    rounds: list[dict] = field(default_factory=list)  # per phase and round: sites asked, used, dropped and why
+    completed: list[str] = field(default_factory=list)  # finished phases
+    registered: dict[str, SiteInfo] = field(default_factory=dict)  # site name -> info, every site of the run
+    resumed_from: dict | None = None  # the progress a resumed run continues ({"phase", "round", ...})
+    resumes: list[dict] = field(default_factory=list)  # one entry per resume: where it continued, why it stopped
+    _last_round: dict[str, int] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ nodes
 
@@ -86,9 +160,48 @@ class ServerRun:
 
     @property
     def node_ids(self) -> list[int]:
-        return sorted(self.sites)
+        """The run's site nodes in site-name order."""
+        return sorted(self.sites, key=lambda n: (self.sites[n].name, n))
+
+    @property
+    def num_channels(self) -> int:
+        """Channels of the shared data layout (checked equal across sites in phase 0)."""
+        return len(next(iter(self.registered.values())).channels)
+
+    def register_site(self, info: SiteInfo) -> None:
+        """Make ``info.node_id`` this run's node of site ``info.name`` (audit shapes, names in the
+        participation and audit rows recorded before the site was known)."""
+        self.sites[info.node_id] = info
+        self.registered[info.name] = info
+        c = info.counts
+        self.audit.register_site(info.node_id, info.name, [c["train"], c["guidance"], c["test"],
+                                                           c["train"] + c["guidance"] + c["test"]],
+                                 len(info.channels), info.length)
+        old = f"node-{info.node_id}"
+
+        def rename(names: list[str]) -> list[str]:
+            return sorted(info.name if s == old else s for s in names)
+
+        for rows in self.participation.values():
+            rows[:] = [rename(r) for r in rows]
+        for row in self.rounds:
+            for key in ("asked", "sites"):
+                row[key] = rename(row[key])
+            row["dropped"] = {(info.name if s == old else s): why for s, why in row["dropped"].items()}
+        for entry in self.audit.entries:
+            if entry.node_id == info.node_id:
+                entry.site = info.name
 
     # ------------------------------------------------------------------ messaging
+
+    def _site_key(self, reply: Message) -> tuple[str, int]:
+        """Sort key: the site's name (from the audit, or the reply's own "site" record before
+        registration), then the node id."""
+        node = reply.metadata.src_node_id
+        name = self.audit.site_name(node)
+        if node not in self.audit.sites and not reply.has_error() and "site" in reply.content.config_records:
+            name = str(reply.content.config_records["site"].get("name", name))
+        return name, node
 
     def send(
         self,
@@ -97,37 +210,81 @@ class ServerRun:
         messages: Iterable[Message],
         *,
         expected_arrays: dict[str, dict[str, tuple[int, ...]]] | None = None,
+        on_reply: Callable[[Message], None] | None = None,
     ) -> list[Message]:
-        """Send, wait (``federation.round-timeout-s``), audit every reply, drop failed sites.
+        """Send, wait (``federation.round-timeout-s``), audit every reply, retry or drop failed sites.
 
-        Returns the successful replies. Fewer than ``federation.min-sites`` of them stops the
-        run with a ``TooFewSitesError`` naming the sites that failed and why.
+        With ``federation.on-site-failure = "retry"`` the round's message is sent again to sites
+        that failed (error reply other than a privacy-budget refusal, or no reply within the
+        timeout), up to ``federation.max-retries`` times, each time once they are connected again
+        (waiting up to ``federation.retry-wait-s``). Returns the successful replies **sorted by
+        site name** (aggregation order is deterministic). Fewer than ``federation.min-sites`` of
+        them stops the run with a ``TooFewSitesError`` naming the sites that failed and why.
+        ``on_reply`` sees every reply (also errors) right after its audit.
         """
-        messages = list(messages)
-        replies = list(self.grid.send_and_receive(messages, timeout=self.config.federation.round_timeout_s))
-        ok, failed = [], []
-        answered = set()
-        for reply in replies:
-            answered.add(reply.metadata.src_node_id)
-            entry = self.audit.check(phase, server_round, reply, expected_arrays)
-            if reply.has_error():
-                failed.append(f"{entry.site}: {entry.error.splitlines()[-1] if entry.error else 'error'}")
-            else:
-                ok.append(reply)
-        for m in messages:
-            if m.metadata.dst_node_id not in answered:
-                failed.append(f"{self.audit.site_name(m.metadata.dst_node_id)}: no reply within the timeout")
-        self.participation.setdefault(phase, []).append(
-            sorted(self.audit.site_name(r.metadata.src_node_id) for r in ok)
-        )
+        fed = self.config.federation
+        pending = list(messages)
+        asked = sorted({self.audit.site_name(m.metadata.dst_node_id) for m in pending})
+        retries = fed.max_retries if fed.on_site_failure == "retry" else 0
+        ok: dict[int, Message] = {}
+        failed: dict[int, str] = {}
+        attempt = 0
+        while True:
+            replies = list(self.grid.send_and_receive(pending, timeout=fed.round_timeout_s))
+            answered = set()
+            for reply in replies:
+                node = reply.metadata.src_node_id
+                answered.add(node)
+                entry = self.audit.check(phase, server_round, reply, expected_arrays)
+                if attempt:
+                    entry.attempt = attempt
+                if on_reply is not None:
+                    on_reply(reply)
+                if reply.has_error():
+                    failed[node] = entry.error.strip().splitlines()[-1] if entry.error.strip() else "error"
+                else:
+                    ok[node] = reply
+                    failed.pop(node, None)
+            for m in pending:
+                if m.metadata.dst_node_id not in answered:
+                    failed[m.metadata.dst_node_id] = f"no reply within federation.round-timeout-s = {fed.round_timeout_s:g} s"
+            again = [m for m in pending if m.metadata.dst_node_id in failed and _retryable(failed[m.metadata.dst_node_id])]
+            if not again or attempt >= retries:
+                break
+            attempt += 1
+            names = ", ".join(self.audit.site_name(m.metadata.dst_node_id) for m in again)
+            self.log(f"[{phase}] round {server_round}: retry {attempt}/{retries} for {names} "
+                     f"(federation.on-site-failure = 'retry')")
+            self._wait_until_connected([m.metadata.dst_node_id for m in again], fed.retry_wait_s)
+            pending = [Message(m.content, dst_node_id=m.metadata.dst_node_id, message_type=m.metadata.message_type,
+                               group_id=m.metadata.group_id) for m in again]
+        used = sorted(ok.values(), key=self._site_key)
+        dropped = {self.audit.site_name(n): why for n, why in sorted(failed.items())}
+        self.record_round(phase, server_round, asked=asked, used=[self._site_key(r)[0] for r in used],
+                          dropped=dropped, retries=attempt)
         if failed:
-            self.log(f"[{phase}] round {server_round}: {len(failed)} site(s) failed: " + "; ".join(failed))
-        if len(ok) < self.config.federation.min_sites:
+            self.log(f"[{phase}] round {server_round}: {len(failed)} site(s) failed: "
+                     + "; ".join(f"{s}: {why}" for s, why in dropped.items()))
+        if len(used) < fed.min_sites:
             raise TooFewSitesError(
-                f"{phase} round {server_round}: {len(ok)} site(s) answered, federation.min-sites = "
-                f"{self.config.federation.min_sites}; failures: " + "; ".join(failed)
+                f"{phase} round {server_round}: {len(used)} site(s) answered, federation.min-sites = "
+                f"{fed.min_sites}; failures: " + "; ".join(f"{s}: {why}" for s, why in dropped.items())
             )
-        return ok
+        return used
+
+    def _wait_until_connected(self, nodes: list[int], patience: float) -> None:
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline:
+            if set(nodes) <= set(self.grid.get_node_ids()):
+                return
+            time.sleep(1.0)
+
+    def record_round(self, phase: str, server_round: int, *, asked: list[str], used: list[str],
+                     dropped: dict[str, str], retries: int = 0) -> None:
+        """One participation row: ``participation[phase]`` gets the sites used, ``rounds`` the detail."""
+        self.participation.setdefault(phase, []).append(sorted(used))
+        self.rounds.append({"phase": phase, "round": server_round, "asked": sorted(asked), "sites": sorted(used),
+                            "dropped": dict(sorted(dropped.items())), "retries": retries})
 
     def query(self, phase: str, message_type: str, content: Callable[[int], RecordDict] | RecordDict,
               *, server_round: int = 0, node_ids: list[int] | None = None,
@@ -146,15 +303,101 @@ class ServerRun:
 
     # ------------------------------------------------------------------ checkpoints
 
+    def resume_round(self, phase: str) -> int:
+        """The last finished round of ``phase`` in the checkpoint a resumed run started from (0: none)."""
+        if self.resumed_from and self.resumed_from.get("phase") == phase and phase not in self.completed:
+            return int(self.resumed_from.get("round", 0))
+        return 0
+
+    def progress(self, phase: str, server_round: int) -> dict:
+        json_state = {k: v for k, v in self.state.items()
+                      if not _is_array_group(v) and not isinstance(v, (int, float, str))}
+        return {
+            "phase": phase, "round": server_round, "completed": list(self.completed),
+            "run_name": self.run_name,
+            "scalars": {k: v for k, v in self.state.items() if isinstance(v, (int, float, str))},
+            "json_state": json_state,
+            "sites": [s.to_json() for _, s in sorted(self.registered.items())],
+            "participation": self.participation, "rounds": self.rounds,
+            "timing": self.timer.as_dict(), "audit_entries": len(self.audit.entries),
+            "resumes": self.resumes, "config": self.config.to_flat(),
+        }
+
     def checkpoint(self, phase: str, server_round: int) -> None:
-        """Atomically save every array of the global state plus a JSON of progress."""
+        """Atomically save every array of the global state together with the run's progress."""
         folder = self.run_dir / "checkpoint"
+        self._last_round[phase] = server_round
         arrays = {}
         for key, value in self.state.items():
-            if isinstance(value, dict) and value and all(isinstance(v, np.ndarray) for v in value.values()):
+            if _is_array_group(value):
                 arrays.update({f"{key}/{k}": v for k, v in value.items()})
-        write_npz_atomic(folder / "state.npz", **arrays)
-        progress = {"phase": phase, "round": server_round,
-                    "scalars": {k: v for k, v in self.state.items() if isinstance(v, (int, float, str))},
-                    "participation": self.participation, "timing": self.timer.as_dict()}
-        write_json_atomic(folder / "progress.json", progress)
+        progress = self.progress(phase, server_round)
+        text = json.dumps(_plain(progress))  # NaN / inf kept (Python's JSON), read back by ``resume``
+        lines = "".join(json.dumps(asdict(e)) + "\n" for e in self.audit.entries)
+        write_bytes_atomic(folder / "audit.jsonl", lines.encode())  # before the state: never fewer rows
+        write_npz_atomic(folder / "state.npz", **arrays, **{PROGRESS_KEY: np.array(text)})
+        write_json_atomic(folder / "progress.json", progress)  # readable copy
+
+    def complete(self, phase: str) -> None:
+        """Mark ``phase`` finished (its timing included) and checkpoint."""
+        if phase not in self.completed:
+            self.completed.append(phase)
+        self.checkpoint(phase, self._last_round.get(phase, 0))
+
+    # ------------------------------------------------------------------ resume
+
+    @classmethod
+    def resume(cls, grid: Grid, config: RunConfig, run_dir: Path, run_name: str,
+               log: Callable[[str], None] = print) -> ServerRun:
+        """The run checkpointed in ``run_dir``, ready to continue (raises ``ValueError`` if its
+        config differs from ``config`` in a key outside ``RESUME_MAY_CHANGE``)."""
+        folder = run_dir / "checkpoint"
+        with np.load(folder / "state.npz") as z:
+            progress = json.loads(str(z[PROGRESS_KEY]))
+            arrays = {k: z[k] for k in z.files if k != PROGRESS_KEY}
+        saved = progress["config"]
+        now = config.to_flat()
+        changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k not in RESUME_MAY_CHANGE)
+        if changed:
+            raise ValueError(
+                f"output.resume: the run in {str(run_dir)!r} was started with a different config; these keys "
+                f"differ: " + ", ".join(f"{k} = {saved.get(k)!r} (now {now.get(k)!r})" for k in changed[:8])
+                + f". Only {sorted(RESUME_MAY_CHANGE)} may change on resume.")
+        state: dict = {}
+        for key, value in arrays.items():
+            group, _, name = key.partition("/")
+            state.setdefault(group, {})[name] = value
+        state.update(progress.get("scalars", {}))
+        state.update(progress.get("json_state", {}))
+        timing = {k: v for k, v in progress.get("timing", {}).items() if k != "total"}
+        run = cls(grid=grid, config=config, run_dir=run_dir, run_name=run_name, log=log,
+                  timer=RunTimer(timing, progress.get("timing", {}).get("total", 0.0)), state=state,
+                  participation=progress.get("participation", {}), rounds=progress.get("rounds", []),
+                  completed=list(progress.get("completed", [])), resumed_from=progress,
+                  resumes=list(progress.get("resumes", [])))
+        for data in progress.get("sites", []):
+            info = SiteInfo.from_json(data)
+            run.registered[info.name] = info
+        audit_file = folder / "audit.jsonl"
+        if audit_file.is_file():
+            rows = audit_file.read_text().splitlines()[: int(progress.get("audit_entries", 0))]
+            run.audit.entries = [AuditEntry(**json.loads(row)) for row in rows]
+            run.audit.arrays_checked = sum(len(e.arrays) for e in run.audit.entries)
+        return run
+
+
+def _is_array_group(value: object) -> bool:
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, np.ndarray) for v in value.values())
+
+
+def _plain(obj: object) -> object:
+    """numpy scalars and tuples -> plain Python, keeping NaN / inf (unlike ``to_jsonable``)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _plain(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj

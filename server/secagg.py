@@ -36,6 +36,7 @@ influence phase by 1 / s. Quantization error per coordinate of G: at most K * 2c
 from __future__ import annotations
 
 import copy
+import random
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,6 +52,7 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
 
+from tardiff_common.pipeline.config import derive_seed
 from tardiff_common.privacy.config import PrivacyConfig, secagg_share_spec
 
 from .run import ServerRun, TooFewSitesError
@@ -188,10 +190,20 @@ def secure_sum(run: ServerRun, phase: str, fitins: dict[int, FitIns], *, server_
                             client_manager=SimpleClientManager())
     context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: 1})
     context.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()
-    secagg_workflow(privacy, timeout=run.config.federation.round_timeout_s)(
-        _AuditingGrid(run, phase, server_round), context)
+    saved = random.getstate()  # the workflow shuffles the nodes (neighbour sets): seeded from the run seed
+    random.seed(derive_seed(run.config.seed, 7, server_round))
+    try:
+        secagg_workflow(privacy, timeout=run.config.federation.round_timeout_s)(
+            _AuditingGrid(run, phase, server_round), context)
+    finally:
+        random.setstate(saved)
     entered = sorted(proxy.node_id for proxy, _ in strategy.results)
-    run.participation.setdefault(phase, []).append(sorted(run.audit.site_name(n) for n in entered))
+    errors = {run.audit.site_name(e.node_id): e.error.strip().splitlines()[-1] if e.error.strip() else "error"
+              for e in run.audit.entries if e.phase == phase and e.round == server_round and e.error}
+    run.record_round(phase, server_round, asked=[run.audit.site_name(n) for n in fitins],
+                     used=[run.audit.site_name(n) for n in entered],
+                     dropped={run.audit.site_name(n): errors.get(run.audit.site_name(n), "dropped out of SecAgg+")
+                              for n in fitins if n not in entered})
     if strategy.aggregated is None or len(entered) < max(run.config.federation.min_sites, 2):
         raise TooFewSitesError(
             f"{phase} round {server_round}: secure aggregation halted or too few sites: {len(entered)} vector(s) "

@@ -3,6 +3,13 @@
 
 Aggregation is Flower's own: a weighted average by "num-examples" with weight factors
 n_k / sum(n), so one site aggregates to its own weights exactly.
+
+Node selection is ours (``train_messages``): every round goes to the run's active sites, in
+site-name order. Flower's ``configure_train`` samples with ``random.sample`` from whatever
+nodes are connected and waits, without limit, until ``min_available_nodes`` are: a hospital
+that never comes back would stall the run, and the order of the replies (and with it the
+floating-point sums of the average) would depend on the sample. ``ServerRun.send`` returns
+the replies sorted by site name, so ``aggregate_train`` always adds them in the same order.
 """
 
 from __future__ import annotations
@@ -17,21 +24,31 @@ __all__ = ["phase_strategy"]
 
 
 class _PhaseMessages:
-    """Mixin: retag FedAvg's "train" messages as "train.<phase>" and add ``extra_records``."""
+    """Mixin: "train.<phase>" messages with ``extra_records`` to the given nodes."""
 
     message_type: str = "train"
     extra_records: dict
 
+    def train_messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                       node_ids: Iterable[int]) -> list[Message]:
+        """One message per node in ``node_ids`` (in that order), carrying ``arrays``, ``config``
+        (+ "server-round", and "proximal-mu" for FedProx) and the extra records."""
+        config = ConfigRecord(dict(config.items()))
+        config["server-round"] = server_round
+        if isinstance(self, FedProx):
+            config["proximal-mu"] = self.proximal_mu
+        content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config,  # type: ignore[attr-defined]
+                              **self.extra_records})
+        return [Message(content, dst_node_id=n, message_type=self.message_type,
+                        group_id=f"{self.message_type}-{server_round}") for n in node_ids]
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """Flower's interface (samples the connected nodes); the phases use ``train_messages``."""
         messages = super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
-        out = []
-        for m in messages:
-            content = RecordDict({**dict(m.content.items()), **self.extra_records})
-            out.append(Message(content, dst_node_id=m.metadata.dst_node_id, message_type=self.message_type,
-                               group_id=f"{self.message_type}-{server_round}"))
-        return out
+        nodes = sorted(m.metadata.dst_node_id for m in messages)
+        return self.train_messages(server_round, arrays, config, nodes)
 
 
 class PhaseFedAvg(_PhaseMessages, FedAvg):

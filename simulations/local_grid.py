@@ -29,7 +29,10 @@ CLIENT_APP_RAISED = 2  # Flower's error code for an exception in a ClientApp han
 
 
 class LocalGrid(Grid):
-    """``num_nodes`` nodes served by ``client_app``; ``node_configs`` override per node."""
+    """``num_nodes`` nodes served by ``client_app``; ``node_configs`` override per node.
+
+    Node ids are ``first_node_id, first_node_id + 1, ...`` (a new Flower run gets new ids: a
+    resume test starts a second grid elsewhere)."""
 
     def __init__(
         self,
@@ -39,12 +42,13 @@ class LocalGrid(Grid):
         *,
         node_configs: list[dict] | None = None,
         intercept: Callable[[Message], Message] | None = None,
+        first_node_id: int = 1000,
     ):
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
         self.client_app = client_app
         self.intercept = intercept
         self.offline: set[int] = set()
-        self.node_ids = [1000 + i for i in range(num_nodes)]
+        self.node_ids = [first_node_id + i for i in range(num_nodes)]
         self.contexts = {}
         for i, node_id in enumerate(self.node_ids):
             node_config = {"partition-id": i, "num-partitions": num_nodes}

@@ -4,7 +4,9 @@ The server broadcasts the EMA U-Net, theta*, g and the normalizer; each site sam
 ("tardiff") and an unguided set of ``generation.ratio`` x its training size, keeps them on its
 own disk, trains downstream classifiers on them (TSTR) and on its real records (+ synthetic,
 TSRTR), scores them on its own test split and returns the scores. The server pools the
-per-seed scores weighted by test-split size (``weighted_summary``).
+per-seed scores weighted by test-split size (``weighted_summary``). The U-Net and classifier
+travel packed (``client.protocol``); with DP the message also lists the DP operations
+dispatched to the site (``protocol.PRIVACY_SPENT``), for a site whose ledger was lost.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from flwr.app import ConfigRecord, RecordDict
 from client import protocol as P
 from tardiff_common.metrics.summary import weighted_summary
 
+from ..privacy import DISPATCHED, dp_phase, spent_content
 from ..run import ServerRun
 from .normalization import normalizer_record
 
@@ -25,15 +28,18 @@ def run_generation_phase(run: ServerRun) -> None:
     unet = run.state["unet"]
     ema = {k[len("ema."):]: v for k, v in unet.items() if k.startswith("ema.")}
     content = RecordDict({
-        P.ARRAYS: P.to_array_record(ema),
-        P.CLASSIFIER: P.to_array_record(run.state["classifier"]),
+        P.ARRAYS: P.to_packed_record(ema),
+        P.CLASSIFIER: P.to_packed_record(run.state["classifier"]),
         P.DIRECTION: P.to_array_record(run.state["direction"]),
         P.NORMALIZER: normalizer_record(run),
         P.CONFIG: ConfigRecord({"run-name": run.run_name}),
     })
-    replies = run.query("generation", P.GENERATE, content)
+    dp_on = any(dp_phase(run, phase) for phase in ("classifier", "influence", "diffusion"))
+    spent = run.state.get(DISPATCHED, {})
+    replies = run.query("generation", P.GENERATE,
+                        lambda n: spent_content(content, spent.get(run.sites[n].name, []) if dp_on else None))
     site_metrics = {}
-    for reply in replies:
+    for reply in replies:  # in site-name order
         site = run.site_of(reply)
         site_metrics[site.name] = P.from_metric_record(reply.content[P.METRICS])
     run.state["site_metrics"] = site_metrics

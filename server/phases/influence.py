@@ -16,14 +16,22 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from flwr.app import RecordDict
+from flwr.app import Message, RecordDict
 
 from client import protocol as P
 from tardiff_common.influence.gradient_sum import GradientSum
 from tardiff_common.pipeline.phases import new_classifier
 from tardiff_common.serialization import unflatten_metrics
 
-from ..privacy import active_nodes, handle_refusals, record_privacy
+from ..privacy import (
+    active_nodes,
+    dispatch,
+    handle_refusals,
+    record_privacy,
+    spent_content,
+    undo_dispatch,
+    undo_on_error,
+)
 from ..run import ServerRun, TooFewSitesError
 from ..secagg import fitins_for, public_scale, quantization_bound, secure_sum
 from .normalization import normalizer_record
@@ -33,8 +41,7 @@ __all__ = ["run_influence_phase"]
 
 def run_influence_phase(run: ServerRun) -> None:
     classifier = run.state["classifier"]
-    channels = len(next(iter(run.sites.values())).channels)
-    num_params = sum(p.numel() for p in new_classifier(run.config, channels, torch.device("cpu")).parameters())
+    num_params = sum(p.numel() for p in new_classifier(run.config, run.num_channels, torch.device("cpu")).parameters())
     if run.config.privacy.secure_aggregation:
         G, num_sites = _secure_gradient_sum(run, classifier, num_params)
     else:
@@ -47,10 +54,14 @@ def run_influence_phase(run: ServerRun) -> None:
 
 
 def _plain_gradient_sum(run: ServerRun, classifier: dict, num_params: int) -> tuple[GradientSum, int]:
-    content = RecordDict({P.CLASSIFIER: P.to_array_record(classifier), P.NORMALIZER: normalizer_record(run)})
+    content = RecordDict({P.CLASSIFIER: P.to_packed_record(classifier), P.NORMALIZER: normalizer_record(run)})
+    nodes = active_nodes(run)
+    spent = dispatch(run, "influence", 0, nodes)
+    messages = [Message(spent_content(content, spent.get(n)), dst_node_id=n, message_type=P.INFLUENCE,
+                        group_id=f"{P.INFLUENCE}-0") for n in nodes]
     try:
-        replies = run.query("influence", P.INFLUENCE, content, node_ids=active_nodes(run),
-                            expected_arrays={P.GRADIENT: {"sum": (num_params,)}})
+        replies = run.send("influence", 0, messages, expected_arrays={P.GRADIENT: {"sum": (num_params,)}},
+                           on_reply=undo_on_error(run, "influence", 0))
     except TooFewSitesError:
         handle_refusals(run, "influence", 0)
         raise
@@ -68,12 +79,18 @@ def _secure_gradient_sum(run: ServerRun, classifier: dict, num_params: int) -> t
     """SecAgg+ over s * [G_k, n_k] with the public s = 1 / (guidance records of the active sites)."""
     nodes = active_nodes(run)
     scale = public_scale(sum(run.sites[n].counts["guidance"] for n in nodes))
-    fitins = fitins_for([("classifier", classifier), ("normalizer", run.state["normalizer"])], {"scale": scale})
+    spent = dispatch(run, "influence", 0, nodes)
+    groups = [("classifier", classifier), ("normalizer", run.state["normalizer"])]
+    fitins = {n: fitins_for(groups, {"scale": scale, **({P.PRIVACY_SPENT: ",".join(spent[n])} if n in spent else {})})
+              for n in nodes}
     try:
-        result = secure_sum(run, "influence", {n: fitins for n in nodes})
+        result = secure_sum(run, "influence", fitins)
     except TooFewSitesError:
         handle_refusals(run, "influence", 0)
         raise
+    for node in set(nodes) - set(result.node_ids):  # its vector is not in the sum: nothing released
+        if node in spent:
+            undo_dispatch(run, "influence", 0, node)
     handle_refusals(run, "influence", 0)
     if result.total.shape != (num_params + 1,):
         raise ValueError(f"secure sum has shape {result.total.shape}, expected ({num_params + 1},)")

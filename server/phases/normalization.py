@@ -26,33 +26,38 @@ from ..run import ServerRun, SiteInfo
 __all__ = ["run_normalization"]
 
 
+def site_info(reply) -> SiteInfo:
+    """The SiteInfo a stats reply describes."""
+    site = reply.content[P.SITE]
+    metrics = dict(reply.content[P.METRICS].items())
+    return SiteInfo(
+        node_id=reply.metadata.src_node_id,
+        name=str(site["name"]),
+        index=int(site["index"]),
+        counts={k: int(v) for k, v in metrics.items() if k not in ("missing-fraction",)},
+        channels=tuple(site["channels"]),
+        length=int(metrics["length"]),
+        missing_fraction=[float(v) for v in metrics["missing-fraction"]],
+    )
+
+
+def check_unique_names(infos: list[SiteInfo]) -> None:
+    names = [s.name for s in infos]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two nodes serve the same site name: {sorted(names)}")
+
+
 def run_normalization(run: ServerRun) -> None:
     nodes = run.wait_for_nodes()
     replies = run.query("normalization", P.STATS, RecordDict({P.CONFIG: ConfigRecord({})}), node_ids=nodes)
+    infos = [site_info(reply) for reply in replies]  # replies come in site-name order
+    check_unique_names(infos)
     moments_parts = []
-    for reply in replies:
-        site = reply.content[P.SITE]
-        metrics = dict(reply.content[P.METRICS].items())
-        info = SiteInfo(
-            node_id=reply.metadata.src_node_id,
-            name=str(site["name"]),
-            index=int(site["index"]),
-            counts={k: int(v) for k, v in metrics.items() if k not in ("missing-fraction",)},
-            channels=tuple(site["channels"]),
-            length=int(metrics["length"]),
-            missing_fraction=[float(v) for v in metrics["missing-fraction"]],
-        )
-        run.sites[info.node_id] = info
-        c = info.counts
-        run.audit.register_site(info.node_id, info.name, [c["train"], c["guidance"], c["test"],
-                                                          c["train"] + c["guidance"] + c["test"]],
-                                len(info.channels), info.length)
+    for info, reply in zip(infos, replies, strict=True):
+        run.register_site(info)
         arrays = P.from_array_record(reply.content[P.MOMENTS])
         moments_parts.append(ChannelMoments.from_arrays([arrays["count"], arrays["total"], arrays["total_sq"]]))
-    _check_same_shape(list(run.sites.values()))
-    names = [s.name for s in run.sites.values()]
-    if len(set(names)) != len(names):
-        raise ValueError(f"two nodes serve the same site name: {sorted(names)}")
+    _check_same_shape(infos)
     moments = sum(moments_parts[1:], moments_parts[0])
 
     replies = run.query("normalization", P.HISTOGRAM,
@@ -85,5 +90,6 @@ def _check_same_shape(sites: list[SiteInfo]) -> None:
 
 
 def normalizer_record(run: ServerRun):
-    return P.to_array_record(run.state["normalizer"])
+    """The normalizer's arrays, packed (one vector + index; the sites unpack transparently)."""
+    return P.to_packed_record(run.state["normalizer"])
 

@@ -115,7 +115,13 @@ class EvaluationConfig:
 @dataclass(frozen=True)
 class FederationConfig:
     """Round structure. The centralized pipeline follows the same schedule (rounds of local
-    epochs with a fresh optimizer each round), so one-site FedAvg equals it exactly."""
+    epochs with a fresh optimizer each round), so one-site FedAvg equals it exactly.
+
+    Fault tolerance (federated runs, docs/DEPLOY.md): a round waits ``round-timeout-s`` for the
+    sites' replies; a site that fails (error reply, or no reply in time) is dropped from that
+    round (``on-site-failure = "drop"``) or first sent the round's message again, up to
+    ``max-retries`` times, once it is connected again (waiting up to ``retry-wait-s``;
+    ``"retry"``). A round with fewer than ``min-sites`` replies stops the run."""
 
     classifier_rounds: int = 3
     diffusion_rounds: int = 6
@@ -124,23 +130,35 @@ class FederationConfig:
     num_sites: int = 0
     min_sites: int = 1
     wait_for_sites_s: float = 120.0
-    round_timeout_s: float = 3600.0
+    round_timeout_s: float = 900.0
+    on_site_failure: str = "drop"
+    max_retries: int = 1
+    retry_wait_s: float = 120.0
 
     def __post_init__(self) -> None:
         if self.strategy not in ("fedavg", "fedprox"):
             raise ValueError(f"federation.strategy must be 'fedavg' or 'fedprox', got {self.strategy!r}")
         if self.strategy == "fedprox" and self.proximal_mu <= 0:
             raise ValueError("federation.strategy 'fedprox' needs federation.proximal-mu > 0")
+        if self.on_site_failure not in ("drop", "retry"):
+            raise ValueError(f"federation.on-site-failure must be 'drop' or 'retry', got {self.on_site_failure!r}")
+        if self.max_retries < 0:
+            raise ValueError(f"federation.max-retries must be >= 0, got {self.max_retries}")
+        if self.round_timeout_s <= 0 or self.retry_wait_s < 0:
+            raise ValueError("federation.round-timeout-s must be > 0 and federation.retry-wait-s >= 0")
 
 
 @dataclass(frozen=True)
 class OutputConfig:
     """Where runs are written: ``<dir>/<name>`` (``name`` empty = a timestamp). ``baseline``:
-    a centralized run folder (relative to the run folder) the federated report compares with."""
+    a centralized run folder (relative to the run folder) the federated report compares with.
+    ``resume`` (federated runs): continue the interrupted run in ``<dir>/<name>`` from its last
+    checkpoint instead of refusing a folder that holds one (docs/DEPLOY.md, "Resume")."""
 
     dir: str = "runs"
     name: str = ""
     baseline: str = "centralized"
+    resume: bool = False
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ def tiny_flat(tmp_path, **overrides) -> dict:
     return flat
 
 
-def run_local(flat: dict, num_nodes: int = 3, **grid_kwargs):
-    """Run the whole federated workflow in-process; returns (metrics, grid, run folder)."""
-    grid = LocalGrid(client_app, num_nodes, flat, **grid_kwargs)
+def run_local(flat: dict, num_nodes: int = 3, grid_class: type[LocalGrid] = LocalGrid, **grid_kwargs):
+    """Run the whole federated workflow in-process; returns (metrics, grid, run config)."""
+    grid = grid_class(client_app, num_nodes, flat, **grid_kwargs)
     config = RunConfig().with_overrides(flat)
     metrics = run_federated(grid, config, log=lambda *_: None)
     return metrics, grid, config
