@@ -12,17 +12,14 @@ A resumed run continues after the last checkpointed round from the saved global 
 from __future__ import annotations
 
 import torch
-from flwr.app import ConfigRecord
 
 from client import protocol as P
 from tardiff_common.pipeline.phases import new_classifier
 from tardiff_common.privacy.plan import validate_privacy_run
 from tardiff_common.serialization import module_to_numpy
 
-from ..privacy import active_nodes, send_private
 from ..run import ServerRun
-from ..strategies import phase_strategy
-from .normalization import normalizer_record
+from .rounds import run_fedavg_rounds
 
 __all__ = ["run_classifier_phase", "global_pos_weight"]
 
@@ -38,24 +35,6 @@ def global_pos_weight(run: ServerRun) -> float:
 def run_classifier_phase(run: ServerRun) -> None:
     cfg = run.config
     validate_privacy_run(cfg)
-    layout = module_to_numpy(new_classifier(cfg, run.num_channels, torch.device("cpu")))
-    index = P.PackIndex.of(layout)
-    start = run.resume_round("classifier")
-    weights = run.state["classifier"] if start else layout
-    if start:
-        run.log(f"[classifier] resuming after round {start}/{cfg.federation.classifier_rounds}")
-    expected = {P.ARRAYS: index.expected()}
-    strategy = phase_strategy(P.TRAIN_CLASSIFIER, strategy=cfg.federation.strategy, num_sites=len(run.sites),
-                              proximal_mu=cfg.federation.proximal_mu,
-                              extra_records={P.NORMALIZER: normalizer_record(run)})
-    pos_weight = global_pos_weight(run)
-    for r in range(start + 1, cfg.federation.classifier_rounds + 1):
-        messages = strategy.train_messages(r, P.to_packed_record(weights, index),
-                                           ConfigRecord({"pos-weight": pos_weight}), active_nodes(run))
-        replies = send_private(run, "classifier", r, messages, expected_arrays=expected)
-        aggregated, metrics = strategy.aggregate_train(r, replies)
-        weights = P.unpack_record(aggregated, index)
-        run.state["classifier"] = weights
-        run.log(f"[classifier] round {r}/{cfg.federation.classifier_rounds}: "
-                f"{len(replies)} sites, loss {float(metrics['loss']):.4f}")
-        run.checkpoint("classifier", r)
+    run_fedavg_rounds(run, phase="classifier", message_type=P.TRAIN_CLASSIFIER, state_key="classifier",
+                      initial=module_to_numpy(new_classifier(cfg, run.num_channels, torch.device("cpu"))),
+                      rounds=cfg.federation.classifier_rounds, train_config={"pos-weight": global_pos_weight(run)})

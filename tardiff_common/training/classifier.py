@@ -11,8 +11,6 @@ the training is exactly the plain one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -22,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .loop import check_proximal_with_privacy, seeded_loader, training_objects
 from .proximal import ProximalTerm
 
 if TYPE_CHECKING:  # Opacus is imported only when DP is used
@@ -82,19 +81,15 @@ def train_classifier(
     if pos_weight is None:
         pos_weight = positive_class_weight(np.asarray(y), config.class_weighting)
     pw = torch.tensor(pos_weight, device=device)
-    dataset = torch.utils.data.TensorDataset(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long))
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=min(config.batch_size, len(dataset)), shuffle=True, generator=generator
-    )
+    loader = seeded_loader(x, y, config.batch_size, generator)
 
     def make_optimizer(params):
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
-    if privacy is not None and proximal_mu > 0:
-        raise ValueError("FedProx's proximal term is not supported with DP-SGD (Opacus would drop its gradient)")
+    check_proximal_with_privacy(privacy, proximal_mu)
     model.train()
     steps, losses = 0, []
-    with _training_objects(model, make_optimizer, loader, privacy) as (net, optimizer, batches):
+    with training_objects(model, make_optimizer, loader, privacy) as (net, optimizer, batches):
         proximal = ProximalTerm(model, proximal_mu)
         for _ in tqdm(range(config.epochs), desc=desc, disable=not progress, leave=False):
             losses = []
@@ -114,16 +109,6 @@ def train_classifier(
                     losses.append(float(loss.detach()))
     model.eval()
     return {"loss": float(np.mean(losses)) if losses else float("nan"), "steps": steps}
-
-
-@contextmanager
-def _training_objects(model: nn.Module, make_optimizer, loader, privacy) -> Iterator[tuple]:
-    """(network to call, optimizer, batches): the plain objects, or their Opacus-private versions."""
-    if privacy is None:
-        yield model, make_optimizer(model.parameters()), loader
-        return
-    with privacy.private(model, make_optimizer, loader) as private:
-        yield private
 
 
 @torch.no_grad()

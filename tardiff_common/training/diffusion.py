@@ -17,8 +17,6 @@ after every step (post-processing) and label dropout works as without DP.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -30,6 +28,7 @@ from tqdm.auto import tqdm
 from ..diffusion.ema import EMA
 from ..diffusion.schedule import NoiseSchedule
 from ..models.unet1d import UNet1D
+from .loop import check_proximal_with_privacy, seeded_loader, training_objects
 from .proximal import ProximalTerm
 
 if TYPE_CHECKING:  # Opacus is imported only when DP is used
@@ -102,22 +101,16 @@ def train_diffusion(
     """
     device = next(model.parameters()).device
     generator = privacy.generator(seed) if privacy is not None else torch.Generator().manual_seed(seed)
-    xt = torch.as_tensor(x, dtype=torch.float32)
-    yt = torch.as_tensor(y, dtype=torch.long)
 
     def make_optimizer(params):
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
-    dataset = torch.utils.data.TensorDataset(xt, yt)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=min(config.batch_size, len(dataset)), shuffle=True, generator=generator
-    )
-    if privacy is not None and proximal_mu > 0:
-        raise ValueError("FedProx's proximal term is not supported with DP-SGD (Opacus would drop its gradient)")
+    loader = seeded_loader(x, y, config.batch_size, generator)
+    check_proximal_with_privacy(privacy, proximal_mu)
     proximal = ProximalTerm(model, proximal_mu)
     model.train()
     steps, last_losses = 0, []
-    with _training_objects(model, make_optimizer, loader, privacy) as (net, optimizer, batches):
+    with training_objects(model, make_optimizer, loader, privacy) as (net, optimizer, batches):
         for _ in tqdm(range(config.epochs), desc=desc, disable=not progress, leave=False):
             last_losses = []
             for xb, yb in batches:
@@ -141,13 +134,3 @@ def train_diffusion(
                 if len(yb):
                     last_losses.append(float(loss.detach()))
     return {"loss": float(np.mean(last_losses)) if last_losses else float("nan"), "steps": steps}
-
-
-@contextmanager
-def _training_objects(model: nn.Module, make_optimizer, loader, privacy) -> Iterator[tuple]:
-    """(network to call, optimizer, batches): the plain objects, or their Opacus-private versions."""
-    if privacy is None:
-        yield model, make_optimizer(model.parameters()), loader
-        return
-    with privacy.private(model, make_optimizer, loader) as private:
-        yield private
