@@ -82,6 +82,10 @@ def rows_from_metrics(seed: int, run: str, metrics: dict, *, weighted: bool) -> 
             if isinstance(v, (int, float)):
                 rows.append({"seed": seed, "run": run, "protocol": "fidelity", "method": name, "ratio": key,
                              "auroc": v, "auprc": "", "minority_f1": ""})
+    for name, value in (metrics.get("membership") or {}).items():  # federated: pooled over the sites
+        if isinstance(value, dict) and isinstance(value.get("mia_auc"), (int, float)):
+            rows.append({"seed": seed, "run": run, "protocol": "fidelity", "method": name, "ratio": "mia_auc",
+                         "auroc": value["mia_auc"], "auprc": "", "minority_f1": ""})
     return rows
 
 
@@ -118,6 +122,7 @@ def guidance_variants(config: RunConfig, run_dir: Path, sites, seed: int) -> lis
 
 
 FIELDS = ["seed", "run", "protocol", "method", "ratio", *METRICS]
+FIDELITY_COLUMNS = ("context_fid", "discriminative", "predictive_mae", "mia_auc", "dcr_ratio")
 
 
 def summarize(rows: list[dict]) -> dict[tuple, dict[str, tuple[float, float]]]:
@@ -155,12 +160,22 @@ def render(summary: dict, header: str, command: str) -> str:
         if proto == "tsrtr":
             lines.append(f"| {run} | {method} | {ratio} | {fmt(v['auroc'])} | {fmt(v['auprc'])} | "
                          f"{fmt(v['minority_f1'])} |")
-    fid = [(k, v) for k, v in sorted(summary.items()) if k[1] == "fidelity"]
+    fid = {(k[0], k[2]): {} for k in summary if k[1] == "fidelity"}
+    for (run, proto, method, key), v in summary.items():
+        if proto == "fidelity":
+            fid[(run, method)][key] = v["auroc"]  # fidelity rows carry their value in the first metric column
     if fid:
-        lines += ["", "## Fidelity and privacy (synthetic vs real training records)", "",
-                  "| run | synthetic set | score | value |", "|---|---|---|---|"]
-        for (run, _, method, key), v in fid:
-            lines.append(f"| {run} | {method} | {key} | {fmt(v['auroc'])} |")
+        lines += ["", "## Fidelity and privacy (synthetic vs the real training records)", "",
+                  "Context-FID (random-conv encoder; lower = closer), discriminative score |acc - 0.5| (0 = "
+                  "indistinguishable), predictive MAE (train on synthetic, next step on real), membership "
+                  "inference AUC of the distance-to-closest-synthetic attack (0.5 = no leak) and DCR ratio "
+                  "(members / non-members median distance; < 1 = closer to training records). Federated runs "
+                  "are scored at each site against its own records and averaged by test size.", "",
+                  "| run | synthetic set | " + " | ".join(FIDELITY_COLUMNS) + " |",
+                  "|---|---|" + "---|" * len(FIDELITY_COLUMNS)]
+        for (run, method), values in sorted(fid.items()):
+            lines.append(f"| {run} | {method} | " + " | ".join(
+                fmt(values[c]) if c in values else "-" for c in FIDELITY_COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
 
