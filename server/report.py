@@ -105,10 +105,10 @@ def _participation_section(metrics: dict) -> str:
     lines = ["", "## Participation", "",
              "Which sites' replies each round used (a site asked but not used was dropped: the reason is "
              "its error reply, a timeout, or a privacy-budget refusal).", "",
-             "| phase | round | sites used | dropped (why) | retries |", "|---|---|---|---|---|"]
+             "| phase | round | message | sites used | dropped (why) | retries |", "|---|---|---|---|---|---|"]
     for row in metrics.get("participation_rounds", []):
         dropped = "; ".join(f"{site}: {why}" for site, why in row.get("dropped", {}).items()) or "-"
-        lines.append(f"| {row['phase']} | {row['round']} | {', '.join(row['sites']) or '-'} | "
+        lines.append(f"| {row['phase']} | {row['round']} | {row.get('message', '')} | {', '.join(row['sites']) or '-'} | "
                      f"{dropped.replace('|', '/')} | {row.get('retries', 0)} |")
     for i, resume in enumerate(metrics.get("resumes", []), 1):
         lines.append("")

@@ -261,6 +261,7 @@ class ServerRun:
         used = sorted(ok.values(), key=self._site_key)
         dropped = {self.audit.site_name(n): why for n, why in sorted(failed.items())}
         self.record_round(phase, server_round, asked=asked, used=[self._site_key(r)[0] for r in used],
+                          message_type=pending[0].metadata.message_type if pending else "",
                           dropped=dropped, retries=attempt)
         if failed:
             self.log(f"[{phase}] round {server_round}: {len(failed)} site(s) failed: "
@@ -280,11 +281,11 @@ class ServerRun:
             time.sleep(1.0)
 
     def record_round(self, phase: str, server_round: int, *, asked: list[str], used: list[str],
-                     dropped: dict[str, str], retries: int = 0) -> None:
+                     dropped: dict[str, str], retries: int = 0, message_type: str = "") -> None:
         """One participation row: ``participation[phase]`` gets the sites used, ``rounds`` the detail."""
         self.participation.setdefault(phase, []).append(sorted(used))
-        self.rounds.append({"phase": phase, "round": server_round, "asked": sorted(asked), "sites": sorted(used),
-                            "dropped": dict(sorted(dropped.items())), "retries": retries})
+        self.rounds.append({"phase": phase, "round": server_round, "message": message_type, "asked": sorted(asked),
+                            "sites": sorted(used), "dropped": dict(sorted(dropped.items())), "retries": retries})
 
     def query(self, phase: str, message_type: str, content: Callable[[int], RecordDict] | RecordDict,
               *, server_round: int = 0, node_ids: list[int] | None = None,

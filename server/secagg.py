@@ -203,7 +203,8 @@ def secure_sum(run: ServerRun, phase: str, fitins: dict[int, FitIns], *, server_
     run.record_round(phase, server_round, asked=[run.audit.site_name(n) for n in fitins],
                      used=[run.audit.site_name(n) for n in entered],
                      dropped={run.audit.site_name(n): errors.get(run.audit.site_name(n), "dropped out of SecAgg+")
-                              for n in fitins if n not in entered})
+                              for n in fitins if n not in entered},
+                     message_type="secagg+")
     if strategy.aggregated is None or len(entered) < max(run.config.federation.min_sites, 2):
         raise TooFewSitesError(
             f"{phase} round {server_round}: secure aggregation halted or too few sites: {len(entered)} vector(s) "

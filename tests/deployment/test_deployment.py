@@ -131,7 +131,7 @@ def test_secure_run_survives_a_supernode_crash(deployment, keys, time_limit):
     generation = rows["generation"]
     assert "hospital_b" in generation["sites"] or generation["dropped"].get("hospital_b"), generation
     report = (d.runs_dir / "dropout" / "report.md").read_text()
-    assert "## Participation" in report and "| diffusion | 1 | hospital_a, hospital_c | hospital_b: " in report
+    assert "## Participation" in report and "| diffusion | 1 | train.diffusion | hospital_a, hospital_c | hospital_b: " in report
     assert {"hospital_a", "hospital_c"} <= set(metrics["sites"])
 
 

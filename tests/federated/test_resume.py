@@ -162,7 +162,8 @@ def test_retry_recovers_a_transient_failure_and_drop_records_it(tmp_path):
     assert drop["participation"]["classifier"][1] == ["hospital_a", "hospital_b", "hospital_c"]
     row = [r for r in drop["participation_rounds"] if r["phase"] == "classifier"][0]
     assert "site link went down" in row["dropped"]["hospital_b"]
-    assert "hospital_b: ConnectionError: site link went down" in (tmp_path / "drop" / "report.md").read_text()
+    assert ("| classifier | 1 | train.classifier | hospital_a, hospital_c | hospital_b: ConnectionError: site link "
+            "went down | 0 |") in (tmp_path / "drop" / "report.md").read_text()
 
     with pytest.raises(TooFewSitesError, match="hospital_b"):
         run_local(tiny_flat(tmp_path, **{"output.name": "strict", "federation.min-sites": 3}), grid_class=FailOnce)
