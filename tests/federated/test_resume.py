@@ -224,3 +224,47 @@ def test_fedavg_of_packed_replies_equals_fedavg_tensor_by_tensor():
         else:  # integers come back averaged as floats and rounded to their dtype
             assert unpacked[key].dtype == np.int64
             assert unpacked[key] == np.rint(sum(s[key] * n for s, n in zip(sites, counts)) / sum(counts))
+
+
+def test_resumed_dp_run_counts_every_dispatched_dp_operation(tmp_path):
+    """With DP, a resumed run's sites start with empty ledgers (fresh state). They count again
+    every DP operation the server dispatched before the interruption, including the round that
+    was in flight (the server cannot know whether the site computed and released it), so the
+    reported epsilon never falls below what may have been released: here one diffusion round
+    more than an uninterrupted run, and every reported total is Opacus' epsilon of the ledger."""
+    from collections import Counter
+
+    from tardiff_common.privacy.accounting import epsilon_of
+
+    dp = {"privacy.gradient-sum-dp": True, "privacy.dp-sgd-classifier": True, "privacy.dp-sgd-diffusion": True,
+          "privacy.reproducible-noise": True, "privacy.noise-multiplier": 2.0, "privacy.sgd-noise-multiplier": 1.0}
+    straight, _, _ = run_local(tiny_flat(tmp_path, **dp, **{"output.name": "straight"}))
+
+    flat = tiny_flat(tmp_path, **dp, **{"output.name": "resumed"})
+    with pytest.raises(SystemExit):  # stopped while diffusion round 2 is being sent
+        run_federated(StopAt(client_app, 3, flat, message_type=P.TRAIN_DIFFUSION, nth=4), RunConfig().with_overrides(flat),
+                      log=lambda *_: None)
+    assert (tmp_path / "resumed" / "checkpoint" / "privacy_dispatched.json").is_file()
+    again = {**flat, "output.resume": True}
+    fresh = LocalGrid(client_app, 3, again, first_node_id=9000)
+    resumed = run_federated(fresh, RunConfig().with_overrides(again), log=lambda *_: None)
+
+    def totals(metrics):
+        return {r["site"]: r["epsilon"] for r in metrics["privacy"] if r["phase"] == "total"}
+
+    delta = RunConfig().with_overrides(again).privacy.delta
+    for context in fresh.contexts.values():
+        ledger = P.load_ledger(context)
+        assert Counter(e.phase for e in ledger.entries) == {"classifier": 2, "influence": 1, "diffusion": 3}
+        site = next(name for name, info in client_site_names(fresh).items() if info is context)
+        assert totals(resumed)[site] == pytest.approx(epsilon_of(ledger.entries, delta), rel=1e-6)
+        assert totals(resumed)[site] > totals(straight)[site]
+    # the models and metrics are still those of the uninterrupted run
+    _assert_same_run(tmp_path / "straight", tmp_path / "resumed", straight, resumed)
+
+
+def client_site_names(grid: LocalGrid) -> dict:
+    """{site name: its node's Context} of an in-process grid."""
+    from client.site import load_site
+
+    return {load_site(context).name: context for context in grid.contexts.values()}
