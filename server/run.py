@@ -35,7 +35,7 @@ from flwr.serverapp import Grid
 
 from tardiff_common.pipeline.config import RunConfig
 from tardiff_common.privacy.accounting import BUDGET_MARKER
-from tardiff_common.report.run_folder import write_bytes_atomic, write_json_atomic, write_npz_atomic
+from tardiff_common.report.run_folder import to_jsonable, write_bytes_atomic, write_json_atomic, write_npz_atomic
 
 from .audit import AuditEntry, MessageAudit
 
@@ -333,7 +333,7 @@ class ServerRun:
             if _is_array_group(value):
                 arrays.update({f"{key}/{k}": v for k, v in value.items()})
         progress = self.progress(phase, server_round)
-        text = json.dumps(_plain(progress))  # NaN / inf kept (Python's JSON), read back by ``resume``
+        text = json.dumps(to_jsonable(progress, keep_nonfinite=True))  # NaN / inf kept (Python's JSON), read back by ``resume``
         lines = "".join(json.dumps(asdict(e)) + "\n" for e in self.audit.entries)
         write_bytes_atomic(folder / "audit.jsonl", lines.encode())  # before the state: never fewer rows
         write_npz_atomic(folder / "state.npz", **arrays, **{PROGRESS_KEY: np.array(text)})
@@ -389,16 +389,3 @@ class ServerRun:
 
 def _is_array_group(value: object) -> bool:
     return isinstance(value, dict) and bool(value) and all(isinstance(v, np.ndarray) for v in value.values())
-
-
-def _plain(obj: object) -> object:
-    """numpy scalars and tuples -> plain Python, keeping NaN / inf (unlike ``to_jsonable``)."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj

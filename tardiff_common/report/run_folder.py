@@ -39,17 +39,18 @@ def atomic_run_folder(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def to_jsonable(obj: object) -> object:
-    """numpy scalars/arrays and tuples -> plain JSON; NaN/inf -> None (JSON has no NaN)."""
+def to_jsonable(obj: object, *, keep_nonfinite: bool = False) -> object:
+    """numpy scalars/arrays and tuples -> plain JSON types; NaN/inf -> None (strict JSON has no
+    NaN), or kept as floats with ``keep_nonfinite`` (Python's json writes and reads them back)."""
     if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v, keep_nonfinite=keep_nonfinite) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
+        return [to_jsonable(v, keep_nonfinite=keep_nonfinite) for v in obj]
     if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
+        return to_jsonable(obj.tolist(), keep_nonfinite=keep_nonfinite)
     if isinstance(obj, np.generic):
         obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj) and not keep_nonfinite:
         return None
     return obj
 
