@@ -47,6 +47,7 @@ PROGRESS_KEY = "__progress__"  # state.npz: the progress JSON, saved with the ar
 RESUME_MAY_CHANGE = frozenset({
     "output.resume", "output.baseline", "threads", "device",
     "federation.num-sites", "federation.min-sites", "federation.wait-for-sites-s", "federation.round-timeout-s",
+    "federation.phase-timeouts",
     "federation.on-site-failure", "federation.max-retries", "federation.retry-wait-s",
 })
 
@@ -212,7 +213,7 @@ class ServerRun:
         expected_arrays: dict[str, dict[str, tuple[int, ...]]] | None = None,
         on_reply: Callable[[Message], None] | None = None,
     ) -> list[Message]:
-        """Send, wait (``federation.round-timeout-s``), audit every reply, retry or drop failed sites.
+        """Send, wait (``federation.timeout_for(phase)``), audit every reply, retry or drop failed sites.
 
         With ``federation.on-site-failure = "retry"`` the round's message is sent again to sites
         that failed (error reply other than a privacy-budget refusal, or no reply within the
@@ -230,7 +231,7 @@ class ServerRun:
         failed: dict[int, str] = {}
         attempt = 0
         while True:
-            replies = list(self.grid.send_and_receive(pending, timeout=fed.round_timeout_s))
+            replies = list(self.grid.send_and_receive(pending, timeout=fed.timeout_for(phase)))
             answered = set()
             for reply in replies:
                 node = reply.metadata.src_node_id
@@ -247,7 +248,7 @@ class ServerRun:
                     failed.pop(node, None)
             for m in pending:
                 if m.metadata.dst_node_id not in answered:
-                    failed[m.metadata.dst_node_id] = f"no reply within federation.round-timeout-s = {fed.round_timeout_s:g} s"
+                    failed[m.metadata.dst_node_id] = f"no reply within {fed.timeout_for(phase):g} s (federation timeout)"
             again = [m for m in pending if m.metadata.dst_node_id in failed and _retryable(failed[m.metadata.dst_node_id])]
             if not again or attempt >= retries:
                 break

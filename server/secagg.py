@@ -193,7 +193,7 @@ def secure_sum(run: ServerRun, phase: str, fitins: dict[int, FitIns], *, server_
     saved = random.getstate()  # the workflow shuffles the nodes (neighbour sets): seeded from the run seed
     random.seed(derive_seed(run.config.seed, 7, server_round))
     try:
-        secagg_workflow(privacy, timeout=run.config.federation.round_timeout_s)(
+        secagg_workflow(privacy, timeout=run.config.federation.timeout_for(phase))(
             _AuditingGrid(run, phase, server_round), context)
     finally:
         random.setstate(saved)

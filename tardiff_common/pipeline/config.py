@@ -112,13 +112,17 @@ class EvaluationConfig:
         return ClassifierTrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
 
 
+FEDERATED_PHASES = ("normalization", "classifier", "influence", "diffusion", "generation", "resume")
+
+
 @dataclass(frozen=True)
 class FederationConfig:
     """Round structure. The centralized pipeline follows the same schedule (rounds of local
     epochs with a fresh optimizer each round), so one-site FedAvg equals it exactly.
 
     Fault tolerance (federated runs, docs/DEPLOY.md): a round waits ``round-timeout-s`` for the
-    sites' replies; a site that fails (error reply, or no reply in time) is dropped from that
+    sites' replies (per phase overridable: ``phase-timeouts = "generation=3600,diffusion=1800"``,
+    seconds; see ``timeout_for``); a site that fails (error reply, or no reply in time) is dropped from that
     round (``on-site-failure = "drop"``) or first sent the round's message again, up to
     ``max-retries`` times, once it is connected again (waiting up to ``retry-wait-s``;
     ``"retry"``). A round with fewer than ``min-sites`` replies stops the run."""
@@ -134,8 +138,10 @@ class FederationConfig:
     on_site_failure: str = "drop"
     max_retries: int = 1
     retry_wait_s: float = 120.0
+    phase_timeouts: str = ""
 
     def __post_init__(self) -> None:
+        self.phase_timeout_map()  # validates
         if self.strategy not in ("fedavg", "fedprox"):
             raise ValueError(f"federation.strategy must be 'fedavg' or 'fedprox', got {self.strategy!r}")
         if self.strategy == "fedprox" and self.proximal_mu <= 0:
@@ -146,6 +152,28 @@ class FederationConfig:
             raise ValueError(f"federation.max-retries must be >= 0, got {self.max_retries}")
         if self.round_timeout_s <= 0 or self.retry_wait_s < 0:
             raise ValueError("federation.round-timeout-s must be > 0 and federation.retry-wait-s >= 0")
+
+    def phase_timeout_map(self) -> dict[str, float]:
+        """``phase-timeouts`` as {phase: seconds}; "" -> {}."""
+        out: dict[str, float] = {}
+        for item in filter(None, (part.strip() for part in self.phase_timeouts.split(","))):
+            phase, sep, value = item.partition("=")
+            phase = phase.strip()
+            if not sep or phase not in FEDERATED_PHASES:
+                raise ValueError(f"federation.phase-timeouts: {item!r} is not <phase>=<seconds> with a phase "
+                                 f"in {list(FEDERATED_PHASES)}")
+            try:
+                seconds = float(value)
+            except ValueError:
+                seconds = -1.0
+            if not seconds > 0:
+                raise ValueError(f"federation.phase-timeouts: {item!r} needs a number of seconds > 0")
+            out[phase] = seconds
+        return out
+
+    def timeout_for(self, phase: str) -> float:
+        """Seconds one round of ``phase`` waits for replies: its ``phase-timeouts`` entry, else ``round-timeout-s``."""
+        return self.phase_timeout_map().get(phase, self.round_timeout_s)
 
 
 @dataclass(frozen=True)

@@ -36,3 +36,16 @@ def test_bad_overrides_name_the_key(key, value, message):
 def test_derive_seed_is_stable_and_distinct():
     assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2)
     assert len({derive_seed(0, 1, r, k) for r in range(5) for k in range(5)}) == 25
+
+
+def test_phase_timeouts_override_the_round_timeout_per_phase():
+    from tardiff_common.pipeline.config import RunConfig
+
+    fed = RunConfig().with_overrides({"federation.round-timeout-s": 60.0,
+                                      "federation.phase-timeouts": "generation=3600, diffusion=1800"}).federation
+    assert fed.timeout_for("generation") == 3600 and fed.timeout_for("diffusion") == 1800
+    assert fed.timeout_for("classifier") == 60.0
+    for bad, match in (("sampling=10", "phase"), ("generation", "phase"), ("generation=-5", "seconds > 0"),
+                       ("generation=soon", "seconds > 0")):
+        with pytest.raises(ValueError, match=match):
+            RunConfig().with_overrides({"federation.phase-timeouts": bad})

@@ -268,3 +268,22 @@ def client_site_names(grid: LocalGrid) -> dict:
     from client.site import load_site
 
     return {load_site(context).name: context for context in grid.contexts.values()}
+
+
+class TimeoutRecorder(LocalGrid):
+    """Records the timeout the server waits with, per message type."""
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        self.timeouts = getattr(self, "timeouts", {})
+        for m in messages:
+            self.timeouts[m.metadata.message_type] = timeout
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+def test_each_phase_waits_with_its_own_timeout(tmp_path):
+    _, grid, _ = run_local(tiny_flat(tmp_path, **{"federation.round-timeout-s": 30.0,
+                                                  "federation.phase-timeouts": "generation=600"}),
+                           grid_class=TimeoutRecorder)
+    assert grid.timeouts[P.GENERATE] == 600 and grid.timeouts[P.TRAIN_DIFFUSION] == 30
+    assert grid.timeouts[P.TRAIN_CLASSIFIER] == 30 and grid.timeouts[P.STATS] == 30
