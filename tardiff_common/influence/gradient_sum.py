@@ -19,7 +19,7 @@ from torch import nn
 
 from ..models.classifier import per_example_loss
 
-__all__ = ["GradientSum", "guidance_gradient_sum", "trainable_parameters", "eval_mode"]
+__all__ = ["GradientSum", "guidance_gradient_sum", "guidance_records", "trainable_parameters", "eval_mode"]
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -79,6 +79,20 @@ class GradientSum:
         return out
 
 
+def guidance_records(
+    model: nn.Module, x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, target_class: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.device]:
+    """(x [n, C, L] in the model's dtype, y [n] int64, the model's device): the records a gradient
+    sum runs over, those of ``target_class`` only when it is given (still on the CPU)."""
+    first = next(model.parameters())
+    x = torch.as_tensor(x, dtype=first.dtype)
+    y = torch.as_tensor(y, dtype=torch.long)
+    if target_class is not None:
+        keep = y == target_class
+        x, y = x[keep], y[keep]
+    return x, y, first.device
+
+
 def guidance_gradient_sum(
     model: nn.Module,
     x: torch.Tensor | np.ndarray,
@@ -94,13 +108,7 @@ def guidance_gradient_sum(
     per-example loss, batch by batch, and accumulated in float64. The model's own device is
     used; dropout is disabled while summing.
     """
-    first = next(model.parameters())
-    device = first.device
-    x = torch.as_tensor(x, dtype=first.dtype)
-    y = torch.as_tensor(y, dtype=torch.long)
-    if target_class is not None:
-        keep = y == target_class
-        x, y = x[keep], y[keep]
+    x, y, device = guidance_records(model, x, y, target_class)
     params = trainable_parameters(model)
     total = torch.zeros(sum(p.numel() for p in params), dtype=torch.float64, device=device)
     with eval_mode(model):

@@ -30,7 +30,7 @@ import torch
 from opacus import GradSampleModule
 from torch import nn
 
-from ..influence.gradient_sum import GradientSum, trainable_parameters
+from ..influence.gradient_sum import GradientSum, guidance_records, trainable_parameters
 from ..models.classifier import per_example_loss
 from .compat import opacus_ready
 
@@ -107,13 +107,7 @@ def clipped_gradient_sum(
     batch_size: int = 256,
 ) -> ClippedSum:
     """sum_i g_i * min(1, C / (||g_i|| + 1e-6)) over the records (of ``target_class``); C = inf: no clipping."""
-    first = next(model.parameters())
-    device = first.device
-    x = torch.as_tensor(x, dtype=first.dtype)
-    y = torch.as_tensor(y, dtype=torch.long)
-    if target_class is not None:
-        keep = y == target_class
-        x, y = x[keep], y[keep]
+    x, y, device = guidance_records(model, x, y, target_class)
     size = sum(p.numel() for p in trainable_parameters(model))
     order = [n for n, p in model.named_parameters() if p.requires_grad]  # GradientSum's order
     total = torch.zeros(size, dtype=torch.float64, device=device)
