@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,12 +33,13 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from tardiff_common.pipeline.config import RunConfig
+from tardiff_common.pipeline.timing import PhaseTimer
 from tardiff_common.privacy.accounting import BUDGET_MARKER
 from tardiff_common.report.run_folder import to_jsonable, write_bytes_atomic, write_json_atomic, write_npz_atomic
 
 from .audit import AuditEntry, MessageAudit
 
-__all__ = ["SiteInfo", "ServerRun", "TooFewSitesError", "RunTimer", "PROGRESS_KEY", "RESUME_MAY_CHANGE"]
+__all__ = ["SiteInfo", "ServerRun", "TooFewSitesError", "PROGRESS_KEY", "RESUME_MAY_CHANGE"]
 
 PROGRESS_KEY = "__progress__"  # state.npz: the progress JSON, saved with the arrays it describes
 
@@ -86,35 +86,6 @@ class SiteInfo:
                    length=int(data["length"]), missing_fraction=[float(v) for v in data["missing_fraction"]])
 
 
-class RunTimer:
-    """Wall-clock seconds per phase (``with timer("diffusion"): ...``), resumable: a checkpoint
-    includes the seconds of the phase in progress, and a resumed run adds to what it loaded."""
-
-    def __init__(self, seconds: dict[str, float] | None = None, elapsed_before: float = 0.0) -> None:
-        self.seconds: dict[str, float] = dict(seconds or {})
-        self.elapsed_before = float(elapsed_before)
-        self._start = time.perf_counter()
-        self._current: tuple[str, float] | None = None
-
-    @contextmanager
-    def __call__(self, phase: str) -> Iterator[None]:
-        start = time.perf_counter()
-        self._current = (phase, start)
-        try:
-            yield
-        finally:
-            self._current = None
-            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
-
-    def as_dict(self) -> dict[str, float]:
-        seconds = dict(self.seconds)
-        if self._current is not None:
-            phase, start = self._current
-            seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - start
-        total = self.elapsed_before + time.perf_counter() - self._start
-        return {**{k: round(v, 3) for k, v in seconds.items()}, "total": round(total, 3)}
-
-
 def _retryable(reason: str) -> bool:
     """A budget refusal is final (the site would refuse again); anything else may be transient."""
     return BUDGET_MARKER not in reason
@@ -128,7 +99,7 @@ class ServerRun:
     run_name: str
     log: Callable[[str], None] = print
     audit: MessageAudit = field(default_factory=MessageAudit)
-    timer: RunTimer = field(default_factory=RunTimer)
+    timer: PhaseTimer = field(default_factory=PhaseTimer)
     sites: dict[int, SiteInfo] = field(default_factory=dict)  # node id -> site, the nodes of this run
     state: dict = field(default_factory=dict)
     participation: dict[str, list[list[str]]] = field(default_factory=dict)
@@ -373,7 +344,7 @@ class ServerRun:
         state.update(progress.get("json_state", {}))
         timing = {k: v for k, v in progress.get("timing", {}).items() if k != "total"}
         run = cls(grid=grid, config=config, run_dir=run_dir, run_name=run_name, log=log,
-                  timer=RunTimer(timing, progress.get("timing", {}).get("total", 0.0)), state=state,
+                  timer=PhaseTimer(timing, progress.get("timing", {}).get("total", 0.0)), state=state,
                   participation=progress.get("participation", {}), rounds=progress.get("rounds", []),
                   completed=list(progress.get("completed", [])), resumed_from=progress,
                   resumes=list(progress.get("resumes", [])))

@@ -10,19 +10,33 @@ __all__ = ["PhaseTimer"]
 
 
 class PhaseTimer:
-    """``with timer("diffusion"): ...`` adds the elapsed seconds to ``timer.seconds["diffusion"]``."""
+    """``with timer("diffusion"): ...`` adds the elapsed seconds to ``timer.seconds["diffusion"]``.
 
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
+    Resumable: ``as_dict`` includes the seconds of a phase still in progress (a checkpoint taken
+    mid-phase), and a timer built from a checkpoint's ``seconds`` and ``elapsed_before`` (its
+    "total") adds to them.
+    """
+
+    def __init__(self, seconds: dict[str, float] | None = None, elapsed_before: float = 0.0) -> None:
+        self.seconds: dict[str, float] = dict(seconds or {})
+        self.elapsed_before = float(elapsed_before)
         self._start = time.perf_counter()
+        self._current: tuple[str, float] | None = None
 
     @contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
         start = time.perf_counter()
+        self._current = (phase, start)
         try:
             yield
         finally:
+            self._current = None
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
     def as_dict(self) -> dict[str, float]:
-        return {**{k: round(v, 3) for k, v in self.seconds.items()}, "total": round(time.perf_counter() - self._start, 3)}
+        seconds = dict(self.seconds)
+        if self._current is not None:
+            phase, start = self._current
+            seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - start
+        total = self.elapsed_before + time.perf_counter() - self._start
+        return {**{k: round(v, 3) for k, v in seconds.items()}, "total": round(total, 3)}
