@@ -4,8 +4,8 @@
 Aggregation is Flower's own: a weighted average by "num-examples" with weight factors
 n_k / sum(n), so one site aggregates to its own weights exactly.
 
-Node selection is ours (``train_messages``): every round goes to the run's active sites, in
-site-name order. Flower's ``configure_train`` samples with ``random.sample`` from whatever
+Node selection is ours (``train_messages``, used instead of Flower's ``configure_train``): every
+round goes to the run's active sites, in site-name order. Flower's ``configure_train`` samples with ``random.sample`` from whatever
 nodes are connected and waits, without limit, until ``min_available_nodes`` are: a hospital
 that never comes back would stall the run, and the order of the replies (and with it the
 floating-point sums of the average) would depend on the sample. ``ServerRun.send`` returns
@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
-from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 
 __all__ = ["phase_strategy"]
@@ -41,14 +40,6 @@ class _PhaseMessages:
                               **self.extra_records})
         return [Message(content, dst_node_id=n, message_type=self.message_type,
                         group_id=f"{self.message_type}-{server_round}") for n in node_ids]
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Flower's interface (samples the connected nodes); the phases use ``train_messages``."""
-        messages = super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
-        nodes = sorted(m.metadata.dst_node_id for m in messages)
-        return self.train_messages(server_round, arrays, config, nodes)
 
 
 class PhaseFedAvg(_PhaseMessages, FedAvg):
