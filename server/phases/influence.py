@@ -28,9 +28,8 @@ from ..privacy import (
     dispatch,
     handle_refusals,
     record_privacy,
-    spent_content,
+    send_private,
     undo_dispatch,
-    undo_on_error,
 )
 from ..run import ServerRun, TooFewSitesError
 from ..secagg import fitins_for, public_scale, quantization_bound, secure_sum
@@ -55,18 +54,9 @@ def run_influence_phase(run: ServerRun) -> None:
 
 def _plain_gradient_sum(run: ServerRun, classifier: dict, num_params: int) -> tuple[GradientSum, int]:
     content = RecordDict({P.CLASSIFIER: P.to_packed_record(classifier), P.NORMALIZER: normalizer_record(run)})
-    nodes = active_nodes(run)
-    spent = dispatch(run, "influence", 0, nodes)
-    messages = [Message(spent_content(content, spent.get(n)), dst_node_id=n, message_type=P.INFLUENCE,
-                        group_id=f"{P.INFLUENCE}-0") for n in nodes]
-    try:
-        replies = run.send("influence", 0, messages, expected_arrays={P.GRADIENT: {"sum": (num_params,)}},
-                           on_reply=undo_on_error(run, "influence", 0))
-    except TooFewSitesError:
-        handle_refusals(run, "influence", 0)
-        raise
-    handle_refusals(run, "influence", 0)
-    record_privacy(run, {r.metadata.src_node_id: P.from_metric_record(r.content[P.METRICS]) for r in replies})
+    messages = [Message(content, dst_node_id=n, message_type=P.INFLUENCE, group_id=f"{P.INFLUENCE}-0")
+                for n in active_nodes(run)]
+    replies = send_private(run, "influence", 0, messages, expected_arrays={P.GRADIENT: {"sum": (num_params,)}})
     parts = []
     for reply in replies:
         total = P.from_array_record(reply.content[P.GRADIENT])["sum"]
