@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -32,9 +33,11 @@ from flwr.compat.common import recorddict_compat as compat
 from tardiff_common.data.normalize import ChannelMoments
 from tardiff_common.diffusion.ema import EMA
 from tardiff_common.influence.gradient_sum import GradientSum
+from tardiff_common.influence.guidance import Candidate
 from tardiff_common.metrics.membership import membership_inference
 from tardiff_common.pipeline import phases
 from tardiff_common.pipeline.config import derive_seed
+from tardiff_common.pipeline.selection import resolve_guidance, score_candidates_at_site
 from tardiff_common.privacy.accounting import Entry, PrivacyBudgetExceeded, PrivacyLedger
 from tardiff_common.privacy.plan import SitePlan, plan_site
 from tardiff_common.report.run_folder import write_npz_atomic
@@ -181,14 +184,10 @@ def stats(msg: Message, context: Context) -> Message:
     """Per-channel moments of the training split + record counts (for the audit and weights)."""
     site = load_site(context)
     moments = phases.local_moments(site.splits)
-    train_y = site.splits.train.y
+    parts = site.splits.parts()
     counts = {
-        "train": len(train_y),
-        "guidance": len(site.splits.guidance.y),
-        "test": len(site.splits.test.y),
-        "train-positives": int(train_y.sum()),
-        "guidance-positives": int(site.splits.guidance.y.sum()),
-        "test-positives": int(site.splits.test.y.sum()),
+        **{name: len(part.y) for name, part in parts.items()},
+        **{f"{name}-positives": int(part.y.sum()) for name, part in parts.items()},
         "channels": site.splits.train.num_channels,
         "length": site.splits.train.length,
     }
@@ -335,17 +334,36 @@ def train_diffusion(msg: Message, context: Context) -> Message:
 # ----------------------------------------------------------------------------- phase 4
 
 
+def _generator_models(site: Site, msg: Message, in_channels: int):
+    """The EMA U-Net, theta* and g the server broadcast for phase 4."""
+    unet = phases.new_unet(site.config, in_channels, site.device)
+    load_module_numpy(unet, P.from_array_record(msg.content[P.ARRAYS]), what="U-Net EMA")
+    classifier = _classifier(site, P.from_array_record(msg.content[P.CLASSIFIER]))
+    direction = torch.as_tensor(P.from_array_record(msg.content[P.DIRECTION])["g"])
+    return unet, classifier, direction
+
+
+@app.query("tune")
+def tune(msg: Message, context: Context) -> Message:
+    """Sample every guidance candidate, train evaluation classifiers on train + candidate (and
+    candidate only), and return the counts of their predicted scores on the tuning split by label."""
+    site = load_site(context)
+    data = _normalized(site, msg)
+    unet, classifier, direction = _generator_models(site, msg, data.in_channels)
+    scores = score_candidates_at_site(unet, classifier, direction, data, site.config, site_index=site.index)
+    return _reply(msg, **{P.METRICS: P.encode_candidate_scores(scores), P.SITE: _site_record(site)})
+
+
 @app.query("generate")
 def generate(msg: Message, context: Context) -> Message:
     """Sample guided and unguided sets locally, keep them on this site's disk, return metrics."""
     site = load_site(context)
-    data = _normalized(site, msg)
     config = P.config_from_record(msg.content[P.CONFIG])
+    chosen = Candidate(str(config["guidance-form"]), float(config["guidance-scale"]))
+    site = replace(site, config=resolve_guidance(site.config, chosen))
+    data = _normalized(site, msg)
     normalizer = normalizer_from_numpy(P.from_array_record(msg.content[P.NORMALIZER]))
-    unet = phases.new_unet(site.config, data.in_channels, site.device)
-    load_module_numpy(unet, P.from_array_record(msg.content[P.ARRAYS]), what="U-Net EMA")
-    classifier = _classifier(site, P.from_array_record(msg.content[P.CLASSIFIER]))
-    direction = torch.as_tensor(P.from_array_record(msg.content[P.DIRECTION])["g"])
+    unet, classifier, direction = _generator_models(site, msg, data.in_channels)
     synthetic, influence_means = phases.generate_synthetic_sets(unet, classifier, direction, data, site.config,
                                                                 site_index=site.index)
     write_npz_atomic(

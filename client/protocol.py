@@ -11,7 +11,10 @@ train.classifier       classifier weights, round, pos-weight       weights, num-
 query.influence        classifier weights                          G_k [P], n_k  (optionally DP)
 train                  SecAgg+ stages (flwr secaggplus_mod)        masked (G_k, n_k) / key shares
 train.diffusion        U-Net weights + EMA weights, round          both, num-examples, loss
-query.generate         EMA U-Net, classifier, g, normalizer        metrics only
+query.tune             EMA U-Net, classifier, g, normalizer        per guidance candidate: counts of
+                                                                   predicted tuning scores by label
+query.generate         EMA U-Net, classifier, g, normalizer,       metrics only
+                       the chosen guidance (form, scale)
 =====================  ==========================================  ================================
 
 ``train`` (the default action) is used only with ``privacy.secure-aggregation``: Flower's
@@ -63,7 +66,10 @@ __all__ = [
     "TRAIN_CLASSIFIER",
     "INFLUENCE",
     "TRAIN_DIFFUSION",
+    "TUNE",
     "GENERATE",
+    "encode_candidate_scores",
+    "decode_candidate_scores",
     "to_array_record",
     "from_array_record",
     "PackIndex",
@@ -85,6 +91,7 @@ HISTOGRAM = "query.histogram"
 TRAIN_CLASSIFIER = "train.classifier"
 INFLUENCE = "query.influence"
 TRAIN_DIFFUSION = "train.diffusion"
+TUNE = "query.tune"
 GENERATE = "query.generate"
 SECAGG = "train"  # the SecAgg+ stages (Flower's legacy "train" message type)
 
@@ -256,3 +263,34 @@ def save_ledger(context: Context, ledger: PrivacyLedger, key: str = PRIVACY_LEDG
 def refusal_reply(msg: Message, reason: str) -> Message:
     """An error reply (Flower's "ClientApp raised" code) with ``reason`` as given."""
     return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+
+
+# ----------------------------------------------------------------------------- guidance selection
+
+
+def encode_candidate_scores(scores: dict[str, dict]) -> MetricRecord:
+    """A site's ``score_candidates_at_site`` result -> MetricRecord: per candidate i (in the
+    run's candidate order) "tuning/<i>/influence" and "tuning/<i>/<mode>" = the per-seed [2, bins]
+    histograms flattened (seed-major): counts of predicted scores, never a record or a score."""
+    flat: dict[str, object] = {}
+    for i, row in enumerate(scores.values()):
+        flat[f"tuning/{i}/influence"] = float(row["influence"])
+        for mode in ("tsrtr", "tstr"):
+            flat[f"tuning/{i}/{mode}"] = [int(v) for v in np.asarray(row[mode], dtype=np.int64).reshape(-1)]
+    return MetricRecord(flat)
+
+
+def decode_candidate_scores(record: MetricRecord, candidates: list, seeds: int, bins: int) -> dict[str, dict]:
+    """Inverse of ``encode_candidate_scores`` given the run's candidate list, seeds and bins;
+    raises ValueError when a histogram has the wrong size."""
+    out = {}
+    for i, candidate in enumerate(candidates):
+        row = {"form": candidate.form, "scale": candidate.scale, "influence": float(record[f"tuning/{i}/influence"])}
+        for mode in ("tsrtr", "tstr"):
+            values = np.asarray(record[f"tuning/{i}/{mode}"], dtype=np.int64)
+            if values.size != seeds * 2 * bins:
+                raise ValueError(f"tuning reply: candidate {candidate.label} {mode} has {values.size} counts, "
+                                 f"expected {seeds} x 2 x {bins}")
+            row[mode] = values.reshape(seeds, 2, bins).tolist()
+        out[candidate.label] = row
+    return out

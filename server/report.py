@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tardiff_common.metrics.pooling import strip_histograms
 from tardiff_common.report.markdown import render_report
 from tardiff_common.report.plots import plot_metric_bars, plot_site_bars
 from tardiff_common.report.run_folder import to_jsonable, write_bytes_atomic, write_json_atomic
@@ -73,7 +74,8 @@ def write_federated_report(run: ServerRun) -> dict:
         "federated": True,
         **pooled,
         "comparison": comparison_rows(pooled, baseline),
-        "sites": site_metrics,
+        "selection": run.state.get("selection"),
+        "sites": strip_histograms(site_metrics),
         "guidance_records": run.state.get("guidance_records"),
         "participation": run.participation,
         "participation_rounds": run.rounds,

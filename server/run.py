@@ -32,6 +32,7 @@ import numpy as np
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
+from tardiff_common.data.contract import SPLIT_NAMES
 from tardiff_common.pipeline.config import RunConfig
 from tardiff_common.pipeline.timing import PhaseTimer
 from tardiff_common.privacy.accounting import BUDGET_MARKER
@@ -69,10 +70,9 @@ class SiteInfo:
     missing_fraction: list[float]
 
     def summary(self) -> dict:
-        n = self.counts["train"] + self.counts["guidance"] + self.counts["test"]
-        pos = self.counts["train-positives"] + self.counts["guidance-positives"] + self.counts.get("test-positives", 0)
-        return {"site": self.name, "records": n, "train": self.counts["train"],
-                "guidance": self.counts["guidance"], "test": self.counts["test"],
+        n = sum(self.counts.get(split, 0) for split in SPLIT_NAMES)
+        pos = sum(self.counts.get(f"{split}-positives", 0) for split in SPLIT_NAMES)
+        return {"site": self.name, "records": n, **{split: self.counts.get(split, 0) for split in SPLIT_NAMES},
                 "positives": pos, "prevalence": self.counts["train-positives"] / max(self.counts["train"], 1),
                 "missing_fraction": dict(zip(self.channels, self.missing_fraction))}
 
@@ -146,8 +146,8 @@ class ServerRun:
         self.sites[info.node_id] = info
         self.registered[info.name] = info
         c = info.counts
-        self.audit.register_site(info.node_id, info.name, [c["train"], c["guidance"], c["test"],
-                                                           c["train"] + c["guidance"] + c["test"]],
+        sizes = [c.get(split, 0) for split in SPLIT_NAMES]
+        self.audit.register_site(info.node_id, info.name, [*sizes, sum(sizes)],
                                  len(info.channels), info.length)
         old = f"node-{info.node_id}"
 

@@ -4,6 +4,7 @@
     1 classifier     FedAvg / FedProx of f_theta        (classifier-rounds)
     2 influence      G = sum_k G_k, g = G / ||G||
     3 diffusion      FedAvg / FedProx of eps_phi (+EMA)  (diffusion-rounds)
+    3b selection     guidance candidates scored on the sites' tuning splits (guidance.scale = "auto")
     4 generation     local sampling + evaluation, metrics back
 
 Resume (``output.resume = true``, docs/DEPLOY.md): the run in ``<output.dir>/<output.name>``
@@ -39,6 +40,7 @@ from .phases.diffusion import run_diffusion_phase
 from .phases.generation import run_generation_phase
 from .phases.influence import run_influence_phase
 from .phases.normalization import check_unique_names, run_normalization, site_info
+from .phases.selection import run_selection_phase
 from .privacy import load_dispatched
 from .report import write_federated_report
 from .run import ServerRun
@@ -50,6 +52,7 @@ PHASES: list[tuple[str, Callable[[ServerRun], None]]] = [
     ("classifier", run_classifier_phase),
     ("influence", run_influence_phase),
     ("diffusion", run_diffusion_phase),
+    ("selection", run_selection_phase),
     ("generation", run_generation_phase),
 ]
 

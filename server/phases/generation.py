@@ -12,28 +12,24 @@ dispatched to the site (``protocol.PRIVACY_SPENT``), for a site whose ledger was
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import ConfigRecord, RecordDict
 
 from client import protocol as P
+from tardiff_common.metrics.histogram_auc import SCORE_BINS
+from tardiff_common.metrics.paired import paired_tables
+from tardiff_common.metrics.pooling import pooled_summary
 from tardiff_common.metrics.summary import weighted_summary
 
 from ..privacy import DISPATCHED, dp_phase, spent_content
 from ..run import ServerRun
-from .normalization import normalizer_record
+from .selection import generator_content
 
 __all__ = ["run_generation_phase", "pool_site_metrics"]
 
 
 def run_generation_phase(run: ServerRun) -> None:
-    unet = run.state["unet"]
-    ema = {k[len("ema."):]: v for k, v in unet.items() if k.startswith("ema.")}
-    content = RecordDict({
-        P.ARRAYS: P.to_packed_record(ema),
-        P.CLASSIFIER: P.to_packed_record(run.state["classifier"]),
-        P.DIRECTION: P.to_array_record(run.state["direction"]),
-        P.NORMALIZER: normalizer_record(run),
-        P.CONFIG: ConfigRecord({"run-name": run.run_name}),
-    })
+    chosen = run.state["selection"]["chosen"]
+    content = generator_content(run, {"run-name": run.run_name, "guidance-form": chosen["form"],
+                                      "guidance-scale": float(chosen["scale"])})
     dp_on = any(dp_phase(run, phase) for phase in ("classifier", "influence", "diffusion"))
     spent = run.state.get(DISPATCHED, {})
     replies = run.query("generation", P.GENERATE,
@@ -49,8 +45,10 @@ def run_generation_phase(run: ServerRun) -> None:
 
 
 def pool_site_metrics(site_metrics: dict[str, dict]) -> dict:
-    """Site-weighted (by test size) TSTR / TSRTR summaries, theta*'s scores, mean influence and
-    fidelity scores (sites where a score is undefined are left out of its average)."""
+    """Site-weighted (by test size) TSTR / TSRTR summaries and their paired differences, theta*'s
+    scores, mean influence and fidelity scores (sites where a score is undefined are left out of
+    its average), and the histogram-pooled AUROC / AUPRC (``metrics.pooling``) with their paired
+    differences."""
     names = sorted(site_metrics)
     weights = [float(site_metrics[n]["test_size"]) for n in names]
     first = site_metrics[names[0]]
@@ -77,5 +75,12 @@ def pool_site_metrics(site_metrics: dict[str, dict]) -> dict:
                             dtype=float)
             w = np.asarray(weights) * np.isfinite(vals)
             fidelity[set_name][key] = float(np.nansum(vals * w) / w.sum()) if w.sum() else float("nan")
+    pooled_tstr = {m: pooled_summary([site_metrics[n]["tstr"][m] for n in names], SCORE_BINS) for m in first["tstr"]}
+    pooled_tsrtr = {
+        m: {r: pooled_summary([site_metrics[n]["tsrtr"][m][r] for n in names], SCORE_BINS) for r in ratios}
+        for m, ratios in first["tsrtr"].items()
+    }
     return {"tstr": tstr, "tsrtr": tsrtr, "global_classifier": global_scores, "influence": influence,
-            "fidelity": fidelity}
+            "fidelity": fidelity, "paired": paired_tables(tstr, tsrtr),
+            "histogram_pooled": {"tstr": pooled_tstr, "tsrtr": pooled_tsrtr,
+                                 "paired": paired_tables(pooled_tstr, pooled_tsrtr)}}

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-__all__ = ["SiteData", "SiteSplits", "validate_site", "stratified_split", "concat_sites"]
+__all__ = ["SiteData", "SiteSplits", "SPLIT_NAMES", "DEFAULT_SPLIT_FRACTIONS", "validate_site", "stratified_split",
+           "concat_sites"]
 
 
 @dataclass(frozen=True)
@@ -74,13 +75,28 @@ class SiteData:
         }
 
 
+SPLIT_NAMES = ("train", "guidance", "tuning", "test")
+DEFAULT_SPLIT_FRACTIONS = (0.7, 0.1, 0.1, 0.1)
+
+
 @dataclass(frozen=True)
 class SiteSplits:
-    """Stratified train / guidance (validation) / test splits of one site."""
+    """Stratified splits of one site, the paper's validation protocol made explicit:
+
+    * ``train``    — fits the classifier f_theta and the diffusion model;
+    * ``guidance`` — the Guidance-Val split: G = sum of loss gradients over it, nothing else;
+    * ``tuning``   — the Evaluation-Val split: every choice (guidance scale and form, F1
+                     threshold) is made on it;
+    * ``test``     — touched once, for the reported tables.
+    """
 
     train: SiteData
     guidance: SiteData
+    tuning: SiteData
     test: SiteData
+
+    def parts(self) -> dict[str, SiteData]:
+        return {name: getattr(self, name) for name in SPLIT_NAMES}
 
     @property
     def name(self) -> str:
@@ -135,40 +151,42 @@ def validate_site(site: SiteData, *, require_both_classes: bool = True) -> SiteD
 def stratified_split(
     site: SiteData,
     *,
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    fractions: tuple[float, ...] = DEFAULT_SPLIT_FRACTIONS,
     seed: int = 0,
 ) -> SiteSplits:
-    """Split one site 80/10/10 (default) per class, so each split keeps the site's prevalence.
+    """Split one site train / guidance / tuning / test (70/10/10/10 by default) per class, so
+    each split keeps the site's prevalence.
 
-    Each class is shuffled with ``seed`` and cut at the cumulative fractions; every split
-    receives at least one record when the class has enough records. Raises ``ValueError``
-    naming the site and split if a split ends up empty.
+    Each class is shuffled with ``seed`` and cut at the cumulative fractions; each of the
+    three small splits receives a record of a class when that class has at least 4 records.
+    Raises ``ValueError`` naming the site, the split and the sizes if a split ends up empty.
     """
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+    if len(fractions) != 4 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError("split fractions (train, guidance, tuning, test) must be four positive numbers summing "
+                         f"to 1, got {fractions}")
     rng = np.random.default_rng(seed)
-    parts: list[list[np.ndarray]] = [[], [], []]
+    parts: list[list[np.ndarray]] = [[] for _ in SPLIT_NAMES]
     for label in np.unique(site.y):
         idx = np.flatnonzero(site.y == label)
         rng.shuffle(idx)
         n = len(idx)
-        n_val = int(round(fractions[1] * n))
-        n_test = int(round(fractions[2] * n))
+        small = [int(round(f * n)) for f in fractions[1:]]
         # Give the small splits a record of each class when the class can spare it.
-        if n >= 3:
-            n_val = max(n_val, 1 if fractions[1] > 0 else 0)
-            n_test = max(n_test, 1 if fractions[2] > 0 else 0)
-        n_train = n - n_val - n_test
-        parts[0].append(idx[:n_train])
-        parts[1].append(idx[n_train : n_train + n_val])
-        parts[2].append(idx[n_train + n_val :])
+        if n >= len(SPLIT_NAMES):
+            small = [max(k, 1) for k in small]
+        while sum(small) > n:  # rounding up on a tiny class: take back from the largest small split
+            small[int(np.argmax(small))] -= 1
+        bounds = np.cumsum([n - sum(small), *small])
+        for part, chunk in zip(parts, np.split(idx, bounds[:-1])):
+            part.append(chunk)
     out = []
-    for split_name, chunks in zip(("train", "guidance", "test"), parts):
+    for split_name, chunks in zip(SPLIT_NAMES, parts):
         index = np.sort(np.concatenate(chunks)) if chunks else np.array([], dtype=np.int64)
         if index.size == 0:
             raise ValueError(
-                f"site {site.name!r}: the {split_name} split is empty "
-                f"({site.num_records} records, fractions {fractions})"
+                f"site {site.name!r} is too small for a train / guidance / tuning / test split: its {split_name} "
+                f"split is empty ({site.num_records} records, {int(site.y.sum())} positive, fractions {fractions}); "
+                "give it more records, or leave it out (data.min-site-records)"
             )
         out.append(site.subset(index))
     return SiteSplits(*out)

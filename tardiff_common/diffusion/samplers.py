@@ -5,9 +5,11 @@ Each sampler exposes one contract, in the spirit of diffusers' ``step()``:
     moments = sampler.moments(eps, i, x_t)      # i indexes sampler.timesteps
     x_prev  = moments.mean + moments.std * noise
 
-``ReverseMoments`` carries the Gaussian p(x_{t_prev} | x_t) = N(mean, variance · I) and the
-predicted clean sample x0_hat, so a guidance term can shift the mean (paper form) or blend the
-drawn sample (public-code form) without the sampler knowing about it.
+``ReverseMoments`` carries the Gaussian p(x_{t_prev} | x_t) = N(mean, variance · I), the
+predicted clean sample x0_hat and d mean / d x0_hat (``x0_coef``: the mean is linear in x0_hat
+with the noise estimate held fixed), so a guidance term can shift the mean (paper form), blend
+the drawn sample (public-code form) or correct x0_hat and redo the update from it
+(manifold-preserving form) without the sampler knowing about it.
 """
 
 from __future__ import annotations
@@ -25,11 +27,15 @@ SAMPLERS = ("ddpm", "ddim")
 
 @dataclass(frozen=True)
 class ReverseMoments:
-    """mean [B, C, L], variance (scalar Sigma_t of this step), x0_hat [B, C, L]."""
+    """mean [B, C, L], variance (scalar Sigma_t of this step), x0_hat [B, C, L], x0_coef =
+    d mean / d x0_hat at fixed noise estimate (DDIM sqrt(abar_prev), DDPM the posterior's c0),
+    x0_clip the range x0_hat is clipped to (None = none)."""
 
     mean: torch.Tensor
     variance: float
     x0_hat: torch.Tensor
+    x0_coef: float = 0.0
+    x0_clip: float | None = None
 
     @property
     def std(self) -> float:
@@ -52,6 +58,11 @@ class DDPMSampler:
         self._abar = schedule.alphas_cumprod.tolist()
         self._beta = schedule.betas.tolist()
 
+    def step_variance(self, i: int) -> float:
+        """(3) posterior variance beta~_t = beta_t (1 - abar_{t-1}) / (1 - abar_t); zero at t = 0."""
+        t = self.timesteps[i]
+        return self._beta[t] * (1 - self._abar[t - 1]) / (1 - self._abar[t]) if t > 0 else 0.0
+
     def moments(self, eps: torch.Tensor, i: int, x_t: torch.Tensor) -> ReverseMoments:
         t = self.timesteps[i]
         abar_t = self._abar[t]
@@ -61,9 +72,8 @@ class DDPMSampler:
         # (2) posterior mean mu~_t = c0 x0_hat + ct x_t                        [DDPM eq. 7]
         c0 = beta_t * abar_prev**0.5 / (1 - abar_t)
         ct = (1 - abar_prev) * (1 - beta_t) ** 0.5 / (1 - abar_t)
-        # (3) posterior variance beta~_t = beta_t (1 - abar_{t-1}) / (1 - abar_t); zero at t = 0
-        variance = beta_t * (1 - abar_prev) / (1 - abar_t) if t > 0 else 0.0
-        return ReverseMoments(mean=c0 * x0 + ct * x_t, variance=variance, x0_hat=x0)
+        return ReverseMoments(mean=c0 * x0 + ct * x_t, variance=self.step_variance(i), x0_hat=x0, x0_coef=c0,
+                              x0_clip=self.clip_x0)
 
 
 class DDIMSampler:
@@ -92,18 +102,26 @@ class DDIMSampler:
         )
         self._abar = schedule.alphas_cumprod.tolist()
 
+    def _abar_prev(self, i: int) -> float:
+        return self._abar[self.timesteps[i + 1]] if i + 1 < len(self.timesteps) else 1.0
+
+    def step_variance(self, i: int) -> float:
+        """(2) sigma_t^2 = eta^2 (1 - abar_prev)/(1 - abar_t) (1 - abar_t/abar_prev)   [DDIM eq. 16];
+        zero on the last step (abar_prev = 1)."""
+        abar_t, abar_prev = self._abar[self.timesteps[i]], self._abar_prev(i)
+        return self.eta**2 * (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)
+
     def moments(self, eps: torch.Tensor, i: int, x_t: torch.Tensor) -> ReverseMoments:
         t = self.timesteps[i]
         abar_t = self._abar[t]
-        abar_prev = self._abar[self.timesteps[i + 1]] if i + 1 < len(self.timesteps) else 1.0
+        abar_prev = self._abar_prev(i)
         x0 = _x0_hat(x_t, eps, abar_t, self.clip_x0)
         # (1b) the noise direction consistent with the (possibly clipped) x0_hat
         eps = (x_t - abar_t**0.5 * x0) / (1 - abar_t) ** 0.5
-        # (2) sigma_t^2 = eta^2 (1 - abar_prev)/(1 - abar_t) (1 - abar_t/abar_prev)   [DDIM eq. 16]
-        variance = self.eta**2 * (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)
+        variance = self.step_variance(i)
         # (3) mean = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma_t^2) eps       [DDIM eq. 12]
         mean = abar_prev**0.5 * x0 + max(1 - abar_prev - variance, 0.0) ** 0.5 * eps
-        return ReverseMoments(mean=mean, variance=variance, x0_hat=x0)
+        return ReverseMoments(mean=mean, variance=variance, x0_hat=x0, x0_coef=abar_prev**0.5, x0_clip=self.clip_x0)
 
 
 def build_sampler(

@@ -76,7 +76,7 @@ def sample(
     """Draw one series per label. Returns float32 [N, C, L] on the CPU.
 
     ``guidance`` is an ``InfluenceGuidance`` (or None); it is applied on the steps it says
-    are guided (``is_guided``), every other step is the plain ancestral / DDIM update.
+    are guided (``guided_steps``), every other step is the plain ancestral / DDIM update.
     """
     sampler = build_sampler(
         config.sampler,
@@ -90,6 +90,7 @@ def sample(
     labels = torch.as_tensor(labels, dtype=torch.long)
     generator = torch.Generator().manual_seed(seed)
     num_steps = len(sampler.timesteps)
+    guided = guidance.guided_steps([sampler.step_variance(i) for i in range(num_steps)]) if guidance else set()
     was_training = model.training
     model.eval()
     out = []
@@ -102,7 +103,7 @@ def sample(
             with torch.no_grad():
                 moments = sampler.moments(_predict_eps(model, x, t, y, config.cfg_scale), i, x)
             noise = torch.randn(x.shape, generator=generator).to(device)
-            if guidance is not None and guidance.is_guided(i, num_steps):
+            if i in guided:
                 x = guidance.step(moments, noise, y).detach()
             else:
                 x = moments.mean + moments.std * noise

@@ -1,30 +1,45 @@
-"""Influence-guided reverse step (TarDiff).
+"""Influence-guided reverse step (TarDiff), in four forms, plus selection from a pool.
 
-Given the sampler's Gaussian N(mu_phi(x_t, t, y), Sigma_t) and x0_hat(x_t), one guided step is
+Given the sampler's Gaussian N(mu_phi(x_t, t, y), Sigma_t), x0_hat(x_t) and d mu / d x0_hat
+(``ReverseMoments``), and grad = grad_x I(x0_hat) (the influence gradient), one guided step is
 
-paper form  (``form="paper"``, default; Deng et al. 2025, Sec. 3.2):
-    (1) grad = grad_x I(x0_hat)                     influence gradient at the predicted clean sample
-    (2) mu'  = mu_phi + s * Sigma_t * grad          shift the mean up the influence
-    (3) x_{t-1} = mu' + sqrt(Sigma_t) * z           z ~ N(0, I), the same z as unguided sampling
+paper form  (``form="paper"``; Deng et al. 2025, Sec. 3.2):
+    mu' = mu_phi + s * Sigma_t * grad;  x_{t-1} = mu' + sqrt(Sigma_t) z
+    (no effect where Sigma_t = 0, e.g. the last DDIM step)
 
 public-code form (``form="code"``; microsoft/TimeCraft, TarDiff/):
-    (1) grad as above
-    (2) x~   = mu_phi + sqrt(Sigma_t) * z           the unguided DDIM/DDPM sample
-    (3) x_{t-1} = (1 - s) * x~ + s * grad
+    x~ = mu_phi + sqrt(Sigma_t) z;  x_{t-1} = (1 - s) x~ + s * grad
 
-Like the public code we differentiate I with respect to x0_hat, not through the U-Net to x_t
-(d x0_hat / d x_t is taken as the identity), so a guided step costs one U-Net forward plus the
-influence gradient. With s = 0 both forms return exactly the unguided sample: the noise z is
-drawn by the caller whether or not guidance is on, and 0 * grad adds exact zeros.
+scale-free form (``form="normalized"``): the shift is s noise standard deviations along the
+influence gradient, whatever the gradient's magnitude (RMS over the sample's C x L values):
+    mu' = mu_phi + s * sqrt(Sigma_t) * grad / rms(grad)
+
+manifold-preserving form (``form="x0"``; after MPGD, He et al. 2024): correct the *predicted
+clean sample* by a step of RMS s on the data scale, clip it to the data range, and take the
+ordinary DDIM / DDPM update from the corrected x0 with the same noise estimate:
+    x0' = clip(x0_hat + s * grad / rms(grad));  mu' = mu_phi + (d mu / d x0_hat) (x0' - x0_hat)
+The update never leaves what the denoiser would produce from *some* clean sample, and it
+acts on every step, the last one included (d mu / d x0_hat = 1 there).
+
+selection (``form="filter"``, ``pipeline.phases.synthesize``): no step changes; an unguided pool
+of n / (1 - s) records per label is drawn and the fraction s with the lowest influence I(x) is
+dropped (s in [0, 1)).
+
+Like the public code we differentiate I with respect to x0_hat, not through the U-Net to x_t.
+With s = 0 every form returns exactly the unguided sample: the noise z is drawn by the caller
+whether or not guidance is on, 0 * grad adds exact zeros, and a zero x0 correction is skipped.
 
 ``GuidanceConfig.method`` picks the influence gradient (see ``influence_gradient``):
 "jvp" / "central_difference" (fast), "double_backprop" (reference), "batch_normalized"
 (the public code's batch-coupled objective).
+
+``scale = "auto"`` (the default) is not a step: the run picks (form, s) from
+``candidates`` on the tuning split (``pipeline.selection``), s = 0 always among them.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -32,23 +47,66 @@ from torch import nn
 from ..diffusion.samplers import ReverseMoments
 from .influence_gradient import get_influence_grad, influence_grad_central_difference
 
-__all__ = ["GuidanceConfig", "InfluenceGuidance", "GUIDANCE_FORMS"]
+__all__ = ["GuidanceConfig", "InfluenceGuidance", "GUIDANCE_FORMS", "STEP_FORMS", "Candidate", "parse_candidates"]
 
-GUIDANCE_FORMS = ("paper", "code")
+STEP_FORMS = ("paper", "code", "normalized", "x0")
+GUIDANCE_FORMS = (*STEP_FORMS, "filter")
+AUTO = "auto"
+
+
+@dataclass(frozen=True, order=True)
+class Candidate:
+    """One guidance setting scored on the tuning split: (form, scale); scale 0 = unguided."""
+
+    form: str
+    scale: float
+
+    @property
+    def label(self) -> str:
+        return "unguided" if self.scale == 0 else f"{self.form}:{self.scale:g}"
+
+
+def parse_candidates(text: str) -> tuple[Candidate, ...]:
+    """"paper:10,x0:0.1,filter:0.25" -> Candidates, with (paper, 0) = unguided always first."""
+    out = [Candidate("paper", 0.0)]
+    for item in filter(None, (part.strip() for part in str(text).split(","))):
+        form, sep, value = item.partition(":")
+        try:
+            scale = float(value)
+        except ValueError:
+            scale = float("nan")
+        if not sep or form not in GUIDANCE_FORMS or not scale >= 0:
+            raise ValueError(f"guidance.candidates: {item!r} is not <form>:<scale >= 0> with a form in "
+                             f"{list(GUIDANCE_FORMS)}")
+        if form == "filter" and scale >= 1:
+            raise ValueError(f"guidance.candidates: {item!r}: a filter drops a fraction in [0, 1)")
+        if scale > 0 and Candidate(form, scale) not in out:
+            out.append(Candidate(form, scale))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
 class GuidanceConfig:
-    """scale s; form "paper" | "code"; method of the influence gradient; target_class for
-    class-specific guidance (None = all guidance records); guided_fraction of the reverse
-    steps that are guided (the last, least noisy ones; 1.0 = every step)."""
+    """scale s (a number, or "auto": chosen from ``candidates`` on the tuning split); form (see
+    the module docstring); method of the influence gradient; target_class for class-specific
+    guidance (None = all guidance records); guided_fraction of the reverse steps that are guided
+    (the last, least noisy ones among the steps where the form acts; 1.0 = every such step).
 
-    scale: float = 100.0
+    Selection (``scale = "auto"``): ``candidates`` "<form>:<s>,..." (s = 0 is always added),
+    each sampled at ``tuning_ratio`` x the training size and scored on the tuning split by
+    ``select_on`` ("tsrtr" = real + synthetic at ratio 1, "tstr" = synthetic only) AUPRC; the
+    best wins, and a candidate within ``tie_tolerance`` of a smaller scale loses to it."""
+
+    scale: float | str = AUTO
     form: str = "paper"
     method: str = "jvp"
     target_class: int | None = None
     guided_fraction: float = 1.0
     fd_eps: float = 1e-2
+    candidates: str = "paper:10,paper:30,normalized:0.3,x0:0.05,x0:0.2,filter:0.25"
+    tuning_ratio: float = 0.5
+    select_on: str = "tsrtr"
+    tie_tolerance: float = 0.0
 
     def __post_init__(self) -> None:
         if self.form not in GUIDANCE_FORMS:
@@ -58,6 +116,34 @@ class GuidanceConfig:
             raise ValueError(f"guided_fraction must be in [0, 1], got {self.guided_fraction}")
         if self.target_class not in (None, 0, 1):
             raise ValueError(f"target_class must be None, 0 or 1, got {self.target_class}")
+        if isinstance(self.scale, str):
+            if self.scale.strip().lower() != AUTO:
+                try:
+                    object.__setattr__(self, "scale", float(self.scale))
+                except ValueError:
+                    raise ValueError(f"guidance.scale must be a number >= 0 or 'auto', got {self.scale!r}") from None
+            else:
+                object.__setattr__(self, "scale", AUTO)
+        if not self.auto and not float(self.scale) >= 0:
+            raise ValueError(f"guidance.scale must be >= 0 or 'auto', got {self.scale}")
+        if self.form == "filter" and not self.auto and self.scale >= 1:
+            raise ValueError(f"form 'filter' drops a fraction s in [0, 1) of its pool, got s = {self.scale}")
+        parse_candidates(self.candidates)
+        if self.select_on not in ("tsrtr", "tstr"):
+            raise ValueError(f"guidance.select-on must be 'tsrtr' or 'tstr', got {self.select_on!r}")
+        if self.tuning_ratio <= 0 or self.tie_tolerance < 0:
+            raise ValueError("guidance.tuning-ratio must be > 0 and guidance.tie-tolerance >= 0")
+
+    @property
+    def auto(self) -> bool:
+        return self.scale == AUTO
+
+    def with_candidate(self, candidate: Candidate) -> GuidanceConfig:
+        """This config with (form, scale) fixed to ``candidate``."""
+        return replace(self, form=candidate.form, scale=float(candidate.scale))
+
+    def candidate_list(self) -> tuple[Candidate, ...]:
+        return parse_candidates(self.candidates)
 
     @classmethod
     def public_code(cls, **overrides) -> GuidanceConfig:
@@ -68,10 +154,20 @@ class GuidanceConfig:
         return asdict(self)
 
 
+def _per_sample_rms(t: torch.Tensor) -> torch.Tensor:
+    """RMS over every axis but the first, shaped to broadcast: [B, 1, ..., 1]."""
+    return t.pow(2).mean(dim=tuple(range(1, t.ndim)), keepdim=True).sqrt().clamp_min(1e-12)
+
+
 class InfluenceGuidance:
     """Applies one guided reverse step. ``direction`` is g = G / ||G|| ([P], classifier order)."""
 
     def __init__(self, classifier: nn.Module, direction: torch.Tensor, config: GuidanceConfig):
+        if config.auto:
+            raise ValueError("guidance.scale = 'auto' must be resolved to a candidate (pipeline.selection) "
+                             "before sampling")
+        if config.form not in STEP_FORMS:
+            raise ValueError(f"form {config.form!r} selects from a pool; it has no guided step")
         self.classifier = classifier
         self.config = config
         device = next(classifier.parameters()).device
@@ -84,16 +180,33 @@ class InfluenceGuidance:
             return self._grad_fn(self.classifier, x0_hat, y, self.direction, eps=self.config.fd_eps)
         return self._grad_fn(self.classifier, x0_hat, y, self.direction)
 
-    def is_guided(self, i: int, num_steps: int) -> bool:
-        """Step i (0 = noisiest) is guided if it lies in the last ``guided_fraction`` of steps."""
-        return i >= num_steps - round(self.config.guided_fraction * num_steps)
+    def acts_on(self, variance: float) -> bool:
+        """Whether this form changes a step of variance Sigma_t (paper / normalized need Sigma_t > 0)."""
+        return self.config.form in ("code", "x0") or variance > 0
+
+    def guided_steps(self, variances: list[float]) -> set[int]:
+        """Indices (0 = noisiest) of the guided steps: the last ``guided_fraction`` of the steps
+        this form acts on (``variances``: Sigma_t of each step), so a fraction f guides
+        round(f x that many) steps that all change the sample."""
+        active = [i for i, v in enumerate(variances) if self.acts_on(v)]
+        k = round(self.config.guided_fraction * len(active))
+        return set(active[len(active) - k :]) if k else set()
 
     def step(self, moments: ReverseMoments, noise: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x_{t-1} from the sampler's moments, the step's noise z [B, C, L] and labels y [B]."""
-        s = self.config.scale
-        grad = self.influence_grad(moments.x0_hat, y)  # (1)
-        if self.config.form == "paper":
-            mean = moments.mean + (s * moments.variance) * grad  # (2)
-            return mean + moments.std * noise  # (3)
-        unguided = moments.mean + moments.std * noise  # (2)
-        return (1.0 - s) * unguided + s * grad  # (3)
+        s = float(self.config.scale)
+        form = self.config.form
+        grad = self.influence_grad(moments.x0_hat, y)
+        if form == "paper":
+            return moments.mean + (s * moments.variance) * grad + moments.std * noise
+        if form == "code":
+            return (1.0 - s) * (moments.mean + moments.std * noise) + s * grad
+        unit = grad / _per_sample_rms(grad)
+        if form == "normalized":
+            return moments.mean + (s * moments.std) * unit + moments.std * noise
+        # form == "x0"
+        x0 = moments.x0_hat + s * unit
+        if moments.x0_clip is not None:
+            x0 = x0.clamp(-moments.x0_clip, moments.x0_clip)
+        shift = moments.x0_coef * (x0 - moments.x0_hat) if s else 0.0
+        return moments.mean + shift + moments.std * noise

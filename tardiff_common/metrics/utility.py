@@ -7,8 +7,17 @@
 
 Each training set is fitted ``len(EvaluationConfig.seeds)`` times with fresh classifiers; each
 fitted model is scored on every test split in ``tests`` (e.g. the pooled test split and each
-site's), giving one summary (mean, 95 % CI, per-run values) per test split. The F1 threshold
-is chosen on the real *validation* split; test splits are only scored.
+site's), giving one summary (mean, 95 % CI, per-run values) per test split.
+
+Common random numbers: run r of *every* training set uses the same classifier seed
+(``derive_seed(seeds[r])``: the same initial weights), so two sets' per-run values are paired
+and their difference (``metrics.paired``) is free of the initialization noise that would
+otherwise move a single comparison by a few hundredths of AUROC.
+
+The F1 threshold is chosen on a real split that is neither trained on nor reported (the
+*tuning* split in the pipeline); test splits are only scored. With ``histogram_bins`` each
+test summary also carries, per run, the counts of predicted scores by label
+(``metrics.histogram_auc``) so that sites can be pooled without sending a record.
 Arrays: x [N, C, L] float32 (normalized scale), y [N] int64.
 """
 
@@ -16,16 +25,30 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..models.classifier import build_classifier
 from ..pipeline.config import EvaluationConfig, derive_seed
 from ..training.classifier import predict_proba, train_classifier
 from .classification import binary_scores, f1_threshold
+from .histogram_auc import score_histogram
 from .summary import summarize_runs
 
-__all__ = ["score_training_set", "evaluate_utility", "take_with_label_mix"]
+__all__ = ["fit_evaluation_classifier", "score_training_set", "evaluate_utility", "take_with_label_mix",
+           "tsrtr_training_set"]
 
 Split = tuple[np.ndarray, np.ndarray]
+
+
+def fit_evaluation_classifier(train: Split, config: EvaluationConfig, seed: int, *, device: str = "cpu") -> nn.Module:
+    """A fresh evaluation classifier trained on ``train``; its initial weights and batch order
+    depend on ``seed`` only (common random numbers across training sets)."""
+    x_train, y_train = train
+    run_seed = derive_seed(seed)
+    torch.manual_seed(run_seed)  # fresh weights depend on the run's seed, not on what ran before
+    model = build_classifier(x_train.shape[1], config.classifier_config()).to(device)
+    train_classifier(model, x_train, y_train, config.train_config(), seed=run_seed)
+    return model
 
 
 def score_training_set(
@@ -35,20 +58,25 @@ def score_training_set(
     config: EvaluationConfig,
     *,
     device: str = "cpu",
-    tag: int = 0,
+    histogram_bins: int | None = None,
 ) -> dict[str, dict]:
-    """{test name: summary of AUROC, AUPRC, minority F1 over the evaluation seeds}."""
-    x_train, y_train = train
+    """{test name: summary of AUROC, AUPRC, minority F1 over the evaluation seeds} (+ "histograms":
+    per run, [2, bins] counts of P(y=1) by label, when ``histogram_bins`` is given)."""
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in tests}
+    histograms: dict[str, list[list]] = {name: [] for name in tests}
     for seed in config.seeds:
-        run_seed = derive_seed(seed, tag)
-        torch.manual_seed(run_seed)  # fresh weights depend on the run's seed, not on what ran before
-        model = build_classifier(x_train.shape[1], config.classifier_config()).to(device)
-        train_classifier(model, x_train, y_train, config.train_config(), seed=run_seed)
+        model = fit_evaluation_classifier(train, config, seed, device=device)
         threshold = f1_threshold(validation[1], predict_proba(model, validation[0]))
         for name, (x_test, y_test) in tests.items():
-            runs[name].append(binary_scores(y_test, predict_proba(model, x_test), threshold))
-    return {name: summarize_runs(r) for name, r in runs.items()}
+            p = predict_proba(model, x_test)
+            runs[name].append(binary_scores(y_test, p, threshold))
+            if histogram_bins:
+                histograms[name].append(score_histogram(y_test, p, histogram_bins).tolist())
+    out = {name: summarize_runs(r) for name, r in runs.items()}
+    if histogram_bins:
+        for name in tests:
+            out[name]["histograms"] = histograms[name]
+    return out
 
 
 def take_with_label_mix(x: np.ndarray, y: np.ndarray, n: int) -> Split:
@@ -62,6 +90,12 @@ def take_with_label_mix(x: np.ndarray, y: np.ndarray, n: int) -> Split:
     return x[idx], y[idx]
 
 
+def tsrtr_training_set(real_train: Split, synthetic: Split, ratio: float) -> Split:
+    """The real training split plus ``ratio`` x its size synthetic records (label mix kept)."""
+    xa, ya = take_with_label_mix(*synthetic, int(round(ratio * len(real_train[1]))))
+    return np.concatenate([real_train[0], xa]), np.concatenate([real_train[1], ya])
+
+
 def evaluate_utility(
     real_train: Split,
     validation: Split,
@@ -70,17 +104,17 @@ def evaluate_utility(
     config: EvaluationConfig,
     *,
     device: str = "cpu",
+    histogram_bins: int | None = None,
 ) -> dict[str, dict]:
     """{"tstr": {"real" | name: {test: summary}}, "tsrtr": {name: {"<ratio>": {test: summary}}}}."""
-    tstr = {"real": score_training_set(real_train, validation, tests, config, device=device, tag=0)}
+    kw = dict(device=device, histogram_bins=histogram_bins)
+    tstr = {"real": score_training_set(real_train, validation, tests, config, **kw)}
     tsrtr: dict[str, dict] = {}
-    for k, (name, (xs, ys)) in enumerate(synthetic.items(), start=1):
-        tstr[name] = score_training_set((xs, ys), validation, tests, config, device=device, tag=k)
-        tsrtr[name] = {}
-        for ratio in config.tsrtr_ratios:
-            xa, ya = take_with_label_mix(xs, ys, int(round(ratio * len(real_train[1]))))
-            mixed = (np.concatenate([real_train[0], xa]), np.concatenate([real_train[1], ya]))
-            tsrtr[name][f"{ratio:g}"] = score_training_set(
-                mixed, validation, tests, config, device=device, tag=100 * k + int(100 * ratio)
-            )
+    for name, synthetic_set in synthetic.items():
+        tstr[name] = score_training_set(synthetic_set, validation, tests, config, **kw)
+        tsrtr[name] = {
+            f"{ratio:g}": score_training_set(tsrtr_training_set(real_train, synthetic_set, ratio), validation, tests,
+                                             config, **kw)
+            for ratio in config.tsrtr_ratios
+        }
     return {"tstr": tstr, "tsrtr": tsrtr}

@@ -22,6 +22,7 @@ from ..data.contract import SiteData, SiteSplits, concat_sites
 from ..data.normalize import make_normalizer
 from ..diffusion.ema import EMA
 from ..influence.gradient_sum import GradientSum
+from ..metrics.paired import paired_tables
 from ..metrics.summary import weighted_summary
 from ..metrics.utility import evaluate_utility
 from ..report.markdown import render_report
@@ -43,6 +44,7 @@ from .phases import (
     prepare_splits,
     resolve_device,
 )
+from .selection import resolve_guidance, select_guidance, selection_record
 from .timing import PhaseTimer
 
 __all__ = ["run_centralized", "pool_splits"]
@@ -52,6 +54,7 @@ def pool_splits(splits: list[SiteSplits]) -> SiteSplits:
     return SiteSplits(
         train=concat_sites([s.train for s in splits], "pooled"),
         guidance=concat_sites([s.guidance for s in splits], "pooled"),
+        tuning=concat_sites([s.tuning for s in splits], "pooled"),
         test=concat_sites([s.test for s in splits], "pooled"),
     )
 
@@ -104,6 +107,12 @@ def run_centralized(
             stats = diffusion_round(unet, ema, data, config, server_round=r, site_index=0, progress=progress)
             log(f"[diffusion] round {r}/{config.federation.diffusion_rounds} loss {stats['loss']:.4f}")
 
+    requested = config
+    with timer("selection"):
+        selection = select_guidance(ema.shadow, classifier, direction, [data], config, progress=progress)
+        config = resolve_guidance(config, selection["chosen"])
+    log(f"[selection] {selection['summary']}")
+
     with timer("generation"):
         synthetic, influence = generate_synthetic_sets(ema.shadow, classifier, direction, data, config,
                                                        site_index=0, progress=progress)
@@ -114,7 +123,7 @@ def run_centralized(
         fidelity = fidelity_of_sets(synthetic, data, config)
         tests = {"pooled": (data.test_x, data.test_y), **{s.name: (s.test_x, s.test_y) for s in per_site}}
         utility = evaluate_utility(
-            (data.train_x, data.train_y), (data.guidance_x, data.guidance_y), tests, synthetic,
+            (data.train_x, data.train_y), (data.tuning_x, data.tuning_y), tests, synthetic,
             config.evaluation, device=str(device),
         )
     weights = [len(s.test_y) for s in per_site]
@@ -131,6 +140,10 @@ def run_centralized(
         "per_site_test": {
             s.name: {"tstr": {m: by_test[s.name] for m, by_test in utility["tstr"].items()}} for s in per_site
         },
+        "paired": paired_tables({m: by_test["pooled"] for m, by_test in utility["tstr"].items()},
+                                {m: {r: by_test["pooled"] for r, by_test in rs.items()}
+                                 for m, rs in utility["tsrtr"].items()}),
+        "selection": selection_record(selection),
         "influence": influence,
         "fidelity": fidelity,
         "guidance_records": G.count,
@@ -163,7 +176,7 @@ def run_centralized(
             },
             staging / "checkpoint.pt",
         )
-        (staging / "config.json").write_text(json.dumps(to_jsonable(config.to_flat()), indent=2) + "\n")
+        (staging / "config.json").write_text(json.dumps(to_jsonable(requested.to_flat()), indent=2) + "\n")
         (staging / "metrics.json").write_text(json.dumps(to_jsonable(metrics), indent=2) + "\n")
         report = render_report(metrics, title="TarDiff run report (centralized)",
                                figures=["tstr.png", "profiles.png", "examples.png"])

@@ -59,6 +59,7 @@ class DataConfig:
     size_scale: float = 1.0
     data_seed: int = 0
     split_seed: int = 0
+    split_fractions: tuple[float, ...] = (0.7, 0.1, 0.1, 0.1)  # train, guidance, tuning, test
     normalizer: str = "pit"
     min_site_records: int = 20
 
@@ -112,7 +113,7 @@ class EvaluationConfig:
         return ClassifierTrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
 
 
-FEDERATED_PHASES = ("normalization", "classifier", "influence", "diffusion", "generation", "resume")
+FEDERATED_PHASES = ("normalization", "classifier", "influence", "diffusion", "selection", "generation", "resume")
 
 
 @dataclass(frozen=True)
@@ -276,9 +277,14 @@ def _decode(raw: object, hint: object, key: str) -> object:
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
-        if isinstance(raw, str) and raw.strip().lower() in ("none", "null", ""):
+        if type(None) in args and isinstance(raw, str) and raw.strip().lower() in ("none", "null", ""):
             return None
-        return _decode(raw, inner[0], key)
+        for option in inner[:-1]:  # e.g. float | str: the first type that reads the value
+            try:
+                return _decode(raw, option, key)
+            except ValueError:
+                pass
+        return _decode(raw, inner[-1], key)
     try:
         if origin is tuple:
             items = raw if isinstance(raw, (list, tuple)) else [s for s in str(raw).split(",") if s.strip()]
@@ -319,7 +325,7 @@ def _tiny() -> RunConfig:
         diffusion=DiffusionConfig(num_steps=20),
         diffusion_train=DiffusionTrainConfig(epochs=1, batch_size=32),
         sampling=SamplingConfig(num_inference_steps=4),
-        guidance=GuidanceConfig(scale=10.0),
+        guidance=GuidanceConfig(scale="auto", candidates="paper:10,x0:0.1"),
         evaluation=EvaluationConfig(hidden=8, num_layers=1, epochs=1, seeds=(0,), tsrtr_ratios=(1.0,), fidelity="tiny"),
         federation=FederationConfig(classifier_rounds=2, diffusion_rounds=2),
     )

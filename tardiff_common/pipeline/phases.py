@@ -35,7 +35,7 @@ from ..diffusion.ema import EMA
 from ..diffusion.sampling import sample, synthetic_labels
 from ..diffusion.schedule import NoiseSchedule
 from ..influence.gradient_sum import GradientSum, guidance_gradient_sum
-from ..influence.guidance import InfluenceGuidance
+from ..influence.guidance import GuidanceConfig, InfluenceGuidance
 from ..influence.influence_gradient import influence_scores
 from ..models.classifier import build_classifier
 from ..models.unet1d import UNet1D
@@ -65,7 +65,9 @@ __all__ = [
     "dp_session",
     "diffusion_round",
     "synthesize",
+    "influence_of",
     "mean_influence",
+    "SYNTHETIC_SETS",
 ]
 
 PHASE_IDS = {"classifier": 1, "influence": 2, "diffusion": 3, "generation": 4, "evaluation": 5}
@@ -81,6 +83,8 @@ class NormalizedSplits:
     train_y: np.ndarray
     guidance_x: np.ndarray
     guidance_y: np.ndarray
+    tuning_x: np.ndarray
+    tuning_y: np.ndarray
     test_x: np.ndarray
     test_y: np.ndarray
 
@@ -103,14 +107,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 def prepare_splits(site: SiteData, config: RunConfig) -> SiteSplits:
-    """Validate the contract (one class is allowed per site) and split 80/10/10 stratified."""
+    """Validate the contract (one class is allowed per site) and split it stratified into train /
+    guidance / tuning / test (``data.split-fractions``)."""
     site = validate_site(site, require_both_classes=False)
     if site.num_records < config.data.min_site_records:
         raise ValueError(
             f"site {site.name!r}: {site.num_records} records, fewer than "
             f"data.min-site-records = {config.data.min_site_records}"
         )
-    return stratified_split(site, seed=config.data.split_seed)
+    return stratified_split(site, fractions=config.data.split_fractions, seed=config.data.split_seed)
 
 
 def local_moments(splits: SiteSplits) -> ChannelMoments:
@@ -131,6 +136,8 @@ def normalize_splits(splits: SiteSplits, normalizer: Normalizer) -> NormalizedSp
         train_y=splits.train.y,
         guidance_x=normalizer.transform(splits.guidance.x),
         guidance_y=splits.guidance.y,
+        tuning_x=normalizer.transform(splits.tuning.x),
+        tuning_y=splits.tuning.y,
         test_x=normalizer.transform(splits.test.x),
         test_y=splits.test.y,
     )
@@ -236,35 +243,68 @@ def synthesize(
     length: int,
     config: RunConfig,
     site_index: int,
-    guided: bool,
+    guidance: GuidanceConfig | None,
+    draw: int = 0,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Phase 4: ``num_samples`` series with the requested label mix; guided or not, the same
-    seed (so guided and unguided sets share their noise and differ only by the guidance)."""
+    """Phase 4: ``num_samples`` series with the requested label mix, guided by ``guidance`` (a
+    resolved ``GuidanceConfig``; None or scale 0 = unguided). Every setting of the same ``draw``
+    uses the same seed, so guided and unguided sets share their noise and differ only by the
+    guidance; ``draw`` = 1, 2, ... are independent draws (e.g. the null row's second unguided set).
+
+    ``form = "filter"``: an unguided pool of ceil(n_c / (1 - s)) records per label c, of which
+    the n_c with the highest influence I(x) are kept (s = 0 keeps the whole pool: unguided)."""
     labels = synthetic_labels(num_samples, positive_fraction)
-    guidance = InfluenceGuidance(classifier, direction, config.guidance) if guided else None
-    seed = derive_seed(config.generation.seed, PHASE_IDS["generation"], site_index)
-    x = sample(
-        unet, new_schedule(config), labels, length, config.sampling, seed=seed, guidance=guidance,
-        progress=progress, desc="guided sampling" if guided else "unguided sampling",
-    )
-    return x, labels
+    seed = derive_seed(config.generation.seed, PHASE_IDS["generation"], site_index, *((draw,) if draw else ()))
+    desc = "unguided sampling" if guidance is None or not guidance.scale else f"sampling {guidance.form}:{guidance.scale:g}"
+
+    def draw_set(y: np.ndarray, step: GuidanceConfig | None) -> np.ndarray:
+        step_guidance = InfluenceGuidance(classifier, direction, step) if step is not None else None
+        return sample(unet, new_schedule(config), y, length, config.sampling, seed=seed, guidance=step_guidance,
+                      progress=progress, desc=desc)
+
+    if guidance is None or not guidance.scale:
+        return draw_set(labels, None), labels
+    if guidance.form != "filter":
+        return draw_set(labels, guidance), labels
+    n_pos = int(labels.sum())
+    sizes = {1: n_pos, 0: len(labels) - n_pos}
+    pool_sizes = {c: int(np.ceil(n / (1.0 - guidance.scale))) for c, n in sizes.items()}
+    pool_y = np.concatenate([np.ones(pool_sizes[1], dtype=np.int64), np.zeros(pool_sizes[0], dtype=np.int64)])
+    pool_x = draw_set(pool_y, None)
+    scores = influence_of(classifier, direction, pool_x, pool_y)
+    keep = []
+    for c in (1, 0):
+        idx = np.flatnonzero(pool_y == c)
+        best = idx[np.argsort(-scores[idx], kind="stable")[: sizes[c]]]
+        keep.append(np.sort(best))
+    keep = np.concatenate(keep)
+    return pool_x[keep], pool_y[keep]
 
 
-def mean_influence(classifier: nn.Module, direction: torch.Tensor, x: np.ndarray, y: np.ndarray) -> float:
-    """Average I(x_i) = <grad_theta L(x_i, y_i), g> over a synthetic set (higher = more useful)."""
+def influence_of(classifier: nn.Module, direction: torch.Tensor, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-record influence I(x_i) = <grad_theta L(x_i, y_i), g>, [N] float64 (higher = more useful)."""
     device = next(classifier.parameters()).device
     scores = []
     for start in range(0, len(y), 512):
         xb = torch.as_tensor(x[start : start + 512], device=device)
         yb = torch.as_tensor(y[start : start + 512], device=device)
         scores.append(influence_scores(classifier, xb, yb, direction.to(device)).double().cpu())
-    return float(torch.cat(scores).mean()) if scores else float("nan")
+    return torch.cat(scores).numpy() if scores else np.zeros(0)
+
+
+def mean_influence(classifier: nn.Module, direction: torch.Tensor, x: np.ndarray, y: np.ndarray) -> float:
+    """Average I(x_i) over a synthetic set (higher = more useful)."""
+    scores = influence_of(classifier, direction, x, y)
+    return float(scores.mean()) if scores.size else float("nan")
 
 
 def positive_fraction(config: RunConfig, train_y: np.ndarray) -> float:
     """Label mix of the synthetic set: 0.5 ("balanced") or the real training prevalence."""
     return 0.5 if config.generation.label_mode == "balanced" else float(np.mean(train_y))
+
+
+SYNTHETIC_SETS = ("unguided", "unguided_2", "tardiff")
 
 
 def generate_synthetic_sets(
@@ -277,8 +317,17 @@ def generate_synthetic_sets(
     site_index: int,
     progress: bool = False,
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, float]]:
-    """Phase 4a: the "unguided" and "tardiff" sets (``generation.ratio`` x the training size,
-    same labels and noise) and the mean influence of each, and of the real training split."""
+    """Phase 4a: ``generation.ratio`` x the training size records in each of
+
+    * "unguided"   — plain conditional sampling;
+    * "unguided_2" — a second, independent unguided draw: the null row, whose difference from
+                     "unguided" shows the noise floor of every comparison;
+    * "tardiff"    — the guidance setting in ``config.guidance`` (resolved: a number, not "auto"),
+                     with the same labels and noise as "unguided";
+
+    and the mean influence of each, and of the real training split."""
+    if config.guidance.auto:
+        raise ValueError("guidance.scale = 'auto' must be resolved (pipeline.selection) before generation")
     common = dict(
         num_samples=max(2, int(round(config.generation.ratio * len(data.train_y)))),
         positive_fraction=positive_fraction(config, data.train_y),
@@ -288,8 +337,9 @@ def generate_synthetic_sets(
         progress=progress,
     )
     synthetic = {
-        "unguided": synthesize(unet, classifier, direction, guided=False, **common),
-        "tardiff": synthesize(unet, classifier, direction, guided=True, **common),
+        "unguided": synthesize(unet, classifier, direction, guidance=None, **common),
+        "unguided_2": synthesize(unet, classifier, direction, guidance=None, draw=1, **common),
+        "tardiff": synthesize(unet, classifier, direction, guidance=config.guidance, **common),
     }
     influence = {name: mean_influence(classifier, direction, x, y) for name, (x, y) in synthetic.items()}
     influence["real_train"] = mean_influence(classifier, direction, data.train_x, data.train_y)
@@ -302,19 +352,23 @@ def evaluate_site(
     data: NormalizedSplits,
     config: RunConfig,
 ) -> dict:
-    """Phase 4b at one site: TSTR / TSRTR against the site's own test split (threshold on its
-    guidance split), the site-local real-only reference, and the federated classifier theta*."""
+    """Phase 4b at one site: TSTR / TSRTR against the site's own test split (F1 threshold on its
+    tuning split; per-run score histograms for pooling), the site-local real-only reference, and
+    the federated classifier theta*."""
     from ..metrics.classification import binary_scores, f1_threshold
+    from ..metrics.histogram_auc import SCORE_BINS
     from ..metrics.utility import evaluate_utility
     from ..training.classifier import predict_proba
 
     device = str(next(classifier.parameters()).device)
     tests = {"site": (data.test_x, data.test_y)}
     utility = evaluate_utility(
-        (data.train_x, data.train_y), (data.guidance_x, data.guidance_y), tests, synthetic, config.evaluation,
-        device=device,
+        (data.train_x, data.train_y), (data.tuning_x, data.tuning_y), tests, synthetic, config.evaluation,
+        device=device, histogram_bins=SCORE_BINS,
     )
-    threshold = f1_threshold(data.guidance_y, predict_proba(classifier, data.guidance_x))
+    threshold = f1_threshold(data.tuning_y, predict_proba(classifier, data.tuning_x))
+    for summary in _summaries(utility):  # flat counts travel in a MetricRecord
+        summary["histograms"] = np.asarray(summary["histograms"], dtype=np.int64).reshape(-1).tolist()
     return {
         "tstr": {m: by_test["site"] for m, by_test in utility["tstr"].items()},
         "tsrtr": {m: {r: by_test["site"] for r, by_test in rs.items()} for m, rs in utility["tsrtr"].items()},
@@ -322,6 +376,15 @@ def evaluate_site(
         "fidelity": fidelity_of_sets(synthetic, data, config, membership=False),
         "test_size": int(len(data.test_y)),
     }
+
+
+def _summaries(utility: dict):
+    """Every test summary of an ``evaluate_utility`` result."""
+    for by_test in utility["tstr"].values():
+        yield from by_test.values()
+    for by_ratio in utility["tsrtr"].values():
+        for by_test in by_ratio.values():
+            yield from by_test.values()
 
 
 def fidelity_of_sets(

@@ -39,6 +39,50 @@ def _sites_table(sites: list[dict]) -> list[str]:
     return lines
 
 
+def _paired_section(paired: dict, federated: bool) -> list[str]:
+    """Paired differences (same evaluation seeds, same generator, same noise), null row included."""
+    if not paired.get("tstr"):
+        return []
+    lines = ["", "## Paired differences", "",
+             "Per evaluation run, the difference of two training sets scored with the same classifier seed "
+             "(common random numbers); mean ± 95 % CI over runs"
+             + (", sites pooled by test size" if federated else "")
+             + ". The null row compares two independent unguided draws: effects inside it are noise.", ""]
+    return lines + _paired_rows(paired)
+
+
+def _paired_rows(paired: dict) -> list[str]:
+    rows = {f"TSTR {name}": d for name, d in paired["tstr"].items()}
+    for ratio, by_pair in (paired.get("tsrtr") or {}).items():
+        rows.update({f"TSRTR x{ratio} {name}": d for name, d in by_pair.items()})
+    return _score_table(rows, first_col="difference")
+
+
+def _selection_section(selection: dict) -> list[str]:
+    """The tuning-split table of the guidance candidates and the choice."""
+    if not selection:
+        return []
+    chosen = selection.get("chosen", {})
+    lines = ["", "## Guidance setting", ""]
+    if selection.get("mode") != "auto":
+        return lines + [f"Fixed by configuration: `{chosen.get('label')}` (no selection)."]
+    mode = str(selection.get("select_on", "tsrtr"))
+    lines += [f"Chosen on the tuning split (never the test split or the guidance set): **`{chosen.get('label')}`**, "
+              f"the best pooled tuning {mode.upper()} AUPRC (ties go to the smaller scale; unguided is always a "
+              "candidate).", "",
+              "| candidate | mean influence | TSRTR AUPRC | TSRTR AUROC | TSTR AUPRC | TSTR AUROC |",
+              "|---|---|---|---|---|---|"]
+
+    def cell(v) -> str:
+        return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3f}"
+
+    for label, row in (selection.get("candidates") or {}).items():
+        mark = " ⟵" if label == chosen.get("label") else ""
+        lines.append(f"| {label}{mark} | {cell(row.get('influence'))} | {cell(row.get('tsrtr_auprc'))} | "
+                     f"{cell(row.get('tsrtr_auroc'))} | {cell(row.get('tstr_auprc'))} | {cell(row.get('tstr_auroc'))} |")
+    return lines
+
+
 def render_report(metrics: dict, *, title: str, figures: list[str]) -> str:
     """Markdown with the TSTR / TSRTR tables, influence, per-site results, timing and data."""
     lines = [f"# {title}", ""]
@@ -62,6 +106,18 @@ def render_report(metrics: dict, *, title: str, figures: list[str]) -> str:
         lines += ["", "## TSRTR: real + synthetic (ratio x real size), test on real", ""]
         rows = {f"real + {name} x{ratio}": s for name, by_ratio in metrics["tsrtr"].items() for ratio, s in by_ratio.items()}
         lines += _score_table(rows)
+    pooled = metrics.get("histogram_pooled") or {}
+    if pooled.get("tstr"):
+        lines += ["", "## Pooled over sites from score histograms", "",
+                  "AUROC / AUPRC of all sites' test records together, computed from the sites' counts of "
+                  "predicted scores by label (no record or score leaves a site); minority F1 is not defined here.",
+                  ""]
+        lines += _score_table({f"TSTR {k}": v for k, v in pooled["tstr"].items()})
+    lines += _paired_section(metrics.get("paired") or {}, federated)
+    if pooled.get("paired"):
+        lines += ["", "Paired differences of the histogram-pooled scores:", ""]
+        lines += _paired_rows(pooled["paired"])
+    lines += _selection_section(metrics.get("selection") or {})
     infl = metrics.get("influence")
     if infl:
         lines += [

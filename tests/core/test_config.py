@@ -24,7 +24,8 @@ def test_overrides_are_typed():
     ("guidance.scal", 1, "unknown config key 'guidance.scal'"),
     ("nosection.x", 1, "unknown config key"),
     ("guidance", 1, "names a section"),
-    ("guidance.scale", "big", "cannot read 'big'"),
+    ("guidance.scale", "big", "guidance.scale must be a number >= 0 or 'auto', got 'big'"),
+    ("classifier.hidden", "big", "cannot read 'big'"),
     ("classifier.hidden", 2.5, "cannot read 2.5"),
     ("guidance.form", "other", "unknown guidance form"),
 ])

@@ -50,23 +50,40 @@ def test_one_class_allowed_when_asked():
     assert validate_site(site, require_both_classes=False).y.sum() == 0
 
 
-def test_stratified_split_is_a_partition_keeping_prevalence():
+def test_stratified_split_is_a_disjoint_partition_keeping_prevalence():
     site = make_site(n=400, prevalence=0.1)
     splits = stratified_split(site, seed=3)
-    sizes = [len(s.y) for s in (splits.train, splits.guidance, splits.test)]
-    assert sum(sizes) == 400 and sizes == [320, 40, 40]
-    for s in (splits.train, splits.guidance, splits.test):
+    parts = list(splits.parts().values())
+    assert list(splits.parts()) == ["train", "guidance", "tuning", "test"]
+    sizes = [len(s.y) for s in parts]
+    assert sum(sizes) == 400 and sizes == [280, 40, 40, 40]
+    for s in parts:
         assert s.y.mean() == pytest.approx(0.1, abs=0.01)
-    # every record lands in exactly one split
-    rows = np.concatenate([s.x[:, 0, 0] for s in (splits.train, splits.guidance, splits.test)])
+    # every record lands in exactly one split (the first value of each record is unique)
+    rows = np.concatenate([s.x[:, 0, 0] for s in parts])
+    assert len(np.unique(rows)) == 400
     assert np.array_equal(np.sort(rows), np.sort(site.x[:, 0, 0]))
     again = stratified_split(site, seed=3)
     assert np.array_equal(again.test.x, splits.test.x)
+    other = stratified_split(site, fractions=(0.6, 0.2, 0.1, 0.1), seed=3)
+    assert [len(s.y) for s in other.parts().values()] == [240, 80, 40, 40]
+
+
+def test_small_site_gets_a_record_of_each_class_in_every_split():
+    site = make_site(n=24, prevalence=0.2)
+    splits = stratified_split(site, seed=0)
+    for name, part in splits.parts().items():
+        assert set(part.y.tolist()) == {0, 1}, name
+
+
+def test_split_fractions_are_checked():
+    with pytest.raises(ValueError, match="four positive numbers"):
+        stratified_split(make_site(), fractions=(0.8, 0.1, 0.1))
 
 
 def test_split_of_tiny_site_names_empty_split():
     site = make_site(n=2, prevalence=0.5)
-    with pytest.raises(ValueError, match="site_x.*split is empty"):
+    with pytest.raises(ValueError, match="site_x.*too small.*split is empty"):
         stratified_split(site)
 
 

@@ -1,0 +1,55 @@
+"""Phase 3b: choose the guidance setting on the sites' tuning splits (``guidance.scale = "auto"``).
+
+The server broadcasts what phase 4 will use (EMA U-Net, theta*, g, normalizer); every site
+samples each candidate of ``guidance.candidates`` (s = 0, unguided, always among them), trains
+the evaluation classifier on its training split + the candidate set (TSRTR) and on the set
+alone (TSTR) with the run's evaluation seeds, and answers with the counts of the predicted
+scores on its tuning split by label ([2, bins] per seed: metrics, never a record). The server
+adds the counts over sites, computes the pooled tuning AUPRC per candidate and picks the best
+(``tardiff_common.pipeline.selection``); phase 4 generates with it. With a numeric scale the
+phase only records the fixed setting and sends nothing.
+"""
+
+from __future__ import annotations
+
+from flwr.app import ConfigRecord, RecordDict
+
+from client import protocol as P
+from tardiff_common.influence.guidance import Candidate
+from tardiff_common.metrics.histogram_auc import SCORE_BINS
+from tardiff_common.pipeline.selection import selection_from_scores, selection_record
+
+from ..run import ServerRun
+from .normalization import normalizer_record
+
+__all__ = ["run_selection_phase", "generator_content"]
+
+
+def generator_content(run: ServerRun, config: dict | None = None) -> RecordDict:
+    """The broadcast of phases 3b and 4: EMA U-Net, theta*, g, normalizer (+ a config record)."""
+    unet = run.state["unet"]
+    ema = {k[len("ema."):]: v for k, v in unet.items() if k.startswith("ema.")}
+    return RecordDict({
+        P.ARRAYS: P.to_packed_record(ema),
+        P.CLASSIFIER: P.to_packed_record(run.state["classifier"]),
+        P.DIRECTION: P.to_array_record(run.state["direction"]),
+        P.NORMALIZER: normalizer_record(run),
+        P.CONFIG: ConfigRecord(config or {}),
+    })
+
+
+def run_selection_phase(run: ServerRun) -> None:
+    g = run.config.guidance
+    if not g.auto:
+        fixed = {"mode": "fixed", "select_on": g.select_on, "table": {}, "chosen": Candidate(g.form, float(g.scale))}
+        run.state["selection"] = selection_record(fixed)
+        run.log(f"[selection] guidance fixed at {fixed['chosen'].label} (no selection)")
+        return
+    candidates = list(g.candidate_list())
+    replies = run.query("selection", P.TUNE, generator_content(run))
+    seeds = len(run.config.evaluation.seeds)
+    scores = [P.decode_candidate_scores(reply.content[P.METRICS], candidates, seeds, SCORE_BINS) for reply in replies]
+    selection = selection_from_scores(scores, run.config)
+    run.state["selection"] = selection_record(selection)
+    run.log(f"[selection] {len(replies)} sites scored {len(candidates)} candidates on their tuning splits; "
+            + selection["summary"])

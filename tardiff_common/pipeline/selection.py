@@ -1,0 +1,165 @@
+"""Automatic choice of the guidance setting on the tuning split (``guidance.scale = "auto"``).
+
+The paper tunes its guidance scale on an Evaluation-Val split kept apart from the
+Guidance-Val split that defines G; this module is that protocol, written so that a site
+computes its part and the server pools the parts:
+
+    site k, for every candidate c in guidance.candidates (s = 0, unguided, always among them):
+        D_c  = synthesize(c)                      tuning_ratio x n_train records, one shared noise
+        for every evaluation seed r (the same seeds, hence initial weights, for every c):
+            f_{c,r} = evaluation classifier trained on  train_k + D_c   ("tsrtr")  or  D_c ("tstr")
+            H_{c,r} = histogram of f_{c,r}(x) over the tuning split by label     [2, bins]
+    server:  H_{c,r} = sum_k H^k_{c,r};   AUPRC_c = mean_r AUPRC(H_{c,r})
+             choice  = argmax_c AUPRC_c; a candidate within tie_tolerance of one with a smaller
+                       scale loses to it (so s = 0 wins ties and a useless guidance is never chosen)
+
+Only counts of predicted scores leave a site (``metrics.histogram_auc``): no record, and no
+per-record score. The test split is never read here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..influence.guidance import Candidate
+from ..metrics.histogram_auc import SCORE_BINS, auprc_from_histogram, auroc_from_histogram, score_histogram
+from ..metrics.utility import fit_evaluation_classifier
+from ..models.unet1d import UNet1D
+from ..training.classifier import predict_proba
+from .config import RunConfig
+from .phases import NormalizedSplits, influence_of, positive_fraction, synthesize
+
+__all__ = [
+    "TUNING_DRAW",
+    "score_candidates_at_site",
+    "pool_candidate_scores",
+    "choose_candidate",
+    "select_guidance",
+    "selection_from_scores",
+    "selection_record",
+    "resolve_guidance",
+]
+
+TUNING_DRAW = 7  # the candidates' noise: a draw of its own, never the reported sets' noise
+SELECT_MODES = ("tsrtr", "tstr")
+
+
+def score_candidates_at_site(
+    unet: UNet1D,
+    classifier: nn.Module,
+    direction: torch.Tensor,
+    data: NormalizedSplits,
+    config: RunConfig,
+    *,
+    site_index: int,
+    progress: bool = False,
+) -> dict[str, dict]:
+    """{candidate label: {"form", "scale", "influence", "tsrtr": [[2, bins] per seed], "tstr": ...}}
+    for this site's tuning split (metrics only: counts of predicted scores by label)."""
+    g = config.guidance
+    num = max(2, int(round(g.tuning_ratio * len(data.train_y))))
+    device = str(next(classifier.parameters()).device)
+    real = (data.train_x, data.train_y)
+    out: dict[str, dict] = {}
+    for candidate in g.candidate_list():
+        x, y = synthesize(unet, classifier, direction, num_samples=num,
+                          positive_fraction=positive_fraction(config, data.train_y), length=data.length,
+                          config=config, site_index=site_index, guidance=g.with_candidate(candidate),
+                          draw=TUNING_DRAW, progress=progress)
+        training_sets = {"tsrtr": (np.concatenate([real[0], x]), np.concatenate([real[1], y])), "tstr": (x, y)}
+        row: dict[str, object] = {"form": candidate.form, "scale": candidate.scale,
+                                  "influence": float(influence_of(classifier, direction, x, y).mean())}
+        for mode, train in training_sets.items():
+            row[mode] = []
+            for seed in config.evaluation.seeds:
+                model = fit_evaluation_classifier(train, config.evaluation, seed, device=device)
+                p = predict_proba(model, data.tuning_x)
+                row[mode].append(score_histogram(data.tuning_y, p, SCORE_BINS).tolist())
+        out[candidate.label] = row
+    return out
+
+
+def pool_candidate_scores(site_scores: list[dict[str, dict]]) -> dict[str, dict]:
+    """Sum the sites' histograms per candidate, mode and seed; {label: {"form", "scale",
+    "influence" (mean over sites), "<mode>_auprc", "<mode>_auroc" (means over seeds),
+    "<mode>_auprc_runs" (per seed)}}."""
+    if not site_scores:
+        raise ValueError("no site scored the guidance candidates")
+    labels = list(site_scores[0])
+    pooled: dict[str, dict] = {}
+    for label in labels:
+        rows = [s[label] for s in site_scores]
+        out = {"form": rows[0]["form"], "scale": float(rows[0]["scale"]),
+               "influence": float(np.mean([r["influence"] for r in rows]))}
+        for mode in SELECT_MODES:
+            seeds = len(rows[0][mode])
+            totals = [sum(np.asarray(r[mode][k], dtype=np.int64) for r in rows) for k in range(seeds)]
+            auprc = [auprc_from_histogram(h) for h in totals]
+            out[f"{mode}_auprc_runs"] = auprc
+            out[f"{mode}_auprc"] = float(np.nanmean(auprc)) if np.isfinite(auprc).any() else float("nan")
+            auroc = [auroc_from_histogram(h) for h in totals]
+            out[f"{mode}_auroc"] = float(np.nanmean(auroc)) if np.isfinite(auroc).any() else float("nan")
+        pooled[label] = out
+    return pooled
+
+
+def choose_candidate(pooled: dict[str, dict], select_on: str = "tsrtr", tie_tolerance: float = 0.0) -> Candidate:
+    """The candidate with the best pooled tuning AUPRC; ties (within ``tie_tolerance``) go to the
+    smaller scale, so unguided (s = 0) wins every tie and every NaN comparison."""
+    key = f"{select_on}_auprc"
+    ordered = sorted(pooled.values(), key=lambda r: (r["scale"] > 0, r["scale"]))  # unguided first
+    best = ordered[0]
+    for row in ordered[1:]:
+        if np.isfinite(row[key]) and (not np.isfinite(best[key]) or row[key] > best[key] + tie_tolerance):
+            best = row
+    return Candidate(best["form"], float(best["scale"]))
+
+
+def resolve_guidance(config: RunConfig, candidate: Candidate) -> RunConfig:
+    """``config`` with the chosen (form, scale) in place of "auto"."""
+    return replace(config, guidance=config.guidance.with_candidate(candidate))
+
+
+def select_guidance(
+    unet: UNet1D,
+    classifier: nn.Module,
+    direction: torch.Tensor,
+    sites: list[NormalizedSplits],
+    config: RunConfig,
+    *,
+    progress: bool = False,
+) -> dict:
+    """The guidance setting to generate with: ``config.guidance`` itself when its scale is a
+    number ("fixed"), else the candidate chosen on the pooled tuning splits of ``sites`` ("auto").
+    Returns {"mode", "chosen": Candidate, "select_on", "table": pooled scores, "summary": text}."""
+    g = config.guidance
+    if not g.auto:
+        chosen = Candidate(g.form, float(g.scale))
+        return {"mode": "fixed", "chosen": chosen, "select_on": g.select_on, "table": {},
+                "summary": f"guidance fixed at {chosen.label} (no selection)"}
+    scores = [score_candidates_at_site(unet, classifier, direction, data, config, site_index=i, progress=progress)
+              for i, data in enumerate(sites)]
+    return selection_from_scores(scores, config)
+
+
+def selection_from_scores(site_scores: list[dict[str, dict]], config: RunConfig) -> dict:
+    """Pool the sites' candidate scores and choose (see ``select_guidance``)."""
+    g = config.guidance
+    table = pool_candidate_scores(site_scores)
+    chosen = choose_candidate(table, g.select_on, g.tie_tolerance)
+    key = f"{g.select_on}_auprc"
+    ranking = ", ".join(f"{label} {row[key]:.3f}" for label, row in table.items())
+    return {"mode": "auto", "chosen": chosen, "select_on": g.select_on, "table": table,
+            "summary": f"chose {chosen.label} by pooled tuning {g.select_on.upper()} AUPRC ({ranking})"}
+
+
+def selection_record(selection: dict) -> dict:
+    """The JSON form of a ``select_guidance`` result, for metrics.json and the report."""
+    chosen: Candidate = selection["chosen"]
+    return {"mode": selection["mode"], "select_on": selection["select_on"],
+            "chosen": {"form": chosen.form, "scale": chosen.scale, "label": chosen.label},
+            "candidates": selection["table"]}
