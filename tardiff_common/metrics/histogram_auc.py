@@ -11,8 +11,8 @@ Instead each site sends, per evaluation run, the counts of its predicted scores 
 in ``bins`` fixed equal-width bins on [0, 1]: H^k [2, bins] int64 (row 0 label 0, row 1
 label 1). Counts are additive, so the histogram of the pooled test records is exactly
 H = sum_k H^k, and the server computes the pooled metrics from H alone. Treating the scores
-within a bin as tied, the result equals the pooled AUROC / AUPRC of scores rounded to their
-bins. For any scores, pairs in different bins are ranked exactly and a pair sharing a bin gets
+within a bin as tied, the result equals the pooled AUROC / AUPRC of scores replaced by their
+bin centres. For any scores, pairs in different bins are ranked exactly and a pair sharing a bin gets
 half credit instead of 0, 1/2 or 1, so the AUROC differs from the exact pooled one by at most
 half the fraction of (positive, negative) pairs sharing a bin: about int f_1 f_0 / (2 bins) for
 smooth score densities f_1, f_0 (well under 1/bins unless the scores pile up in a few bins).
@@ -97,7 +97,7 @@ def auroc_from_histogram(counts) -> float:
 
     the probability that a random positive outscores a random negative, with half credit for
     a tie (same bin). This is what ``sklearn.metrics.roc_auc_score`` (trapezoidal ROC, tied
-    scores grouped into one threshold) returns on scores rounded to their bins. NaN when
+    scores grouped into one threshold) returns on scores replaced by their bin centres. NaN when
     either class is empty.
     """
     arr = _as_counts(counts)
@@ -121,7 +121,7 @@ def auprc_from_histogram(counts) -> float:
         AP = sum_b (R_b - R_{b+1}) P_b = sum_b (p_b / P) TP_b / (TP_b + FP_b),
 
     summed over bins with p_b > 0 (the others add nothing). Equals
-    ``sklearn.metrics.average_precision_score`` on scores rounded to their bins (sklearn groups
+    ``sklearn.metrics.average_precision_score`` on scores replaced by their bin centres (sklearn groups
     tied scores into one threshold). NaN when there are no positives.
     """
     arr = _as_counts(counts)

@@ -8,7 +8,13 @@ and the guidance-set mean loss L_G = (1 / n_G) sum_i L(z_i) has gradient G / n_G
 order
     L_G(theta + d_theta) - L_G(theta) = -lr * mean_{j in S}(I_j) * ||G|| / n_G.
 High-influence samples must therefore lower L_G more than low-influence ones, and the change
-must match the prediction at a small lr.
+must match the prediction at a small lr, with a relative error that shrinks in proportion to lr
+(the second-order remainder is O(lr^2)).
+
+The classifier is stopped early (30 Adam steps, about where its guidance loss is lowest). The
+first-order regime depends on the curvature: on overfitted models (60-200 steps) the relative
+error at lr = 1e-3 reached 0.4-0.8, and at lr = 1e-2 the top-20 step *raised* the guidance loss
+in 3 of 4 trials (the highest-influence samples are high-loss ones with large gradients).
 """
 
 import copy
@@ -63,7 +69,7 @@ def trained():
         x_pool, y_pool = trend_task(200, rng)
         model = build_classifier(3, ClassifierConfig(kind="cnn", hidden=8, num_layers=2)).to(DTYPE)
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        for _ in range(60):
+        for _ in range(30):
             opt.zero_grad()
             per_example_loss(model(x_train), y_train).mean().backward()
             opt.step()
@@ -98,4 +104,7 @@ def test_high_influence_step_lowers_guidance_loss_as_predicted(trained, target_c
     for idx, after in ((top, after_top), (bottom, after_bottom)):
         predicted = -lr * float(influence[idx].mean()) * g_norm / n_guide
         actual = after - before
-        assert abs(actual - predicted) < 0.05 * abs(predicted), (actual, predicted)
+        assert abs(actual - predicted) < 0.2 * abs(predicted), (actual, predicted)
+        # ten times smaller a step: the relative error of the first-order term shrinks ~tenfold
+        actual_small = loss_after_one_step(model, x_pool[idx], y_pool[idx], lr / 10, x_guide, y_guide) - before
+        assert abs(actual_small - predicted / 10) < 0.02 * abs(predicted / 10), (actual_small, predicted / 10)

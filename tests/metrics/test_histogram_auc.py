@@ -92,8 +92,9 @@ def test_binning_edges_and_clipping():
     counts = score_histogram(np.array([1, 1, 0, 0]), np.array([-0.5, 1.5, -np.inf, np.inf]), bins)
     assert counts[1, 0] == 1 and counts[1, -1] == 1 and counts[0, 0] == 1 and counts[0, -1] == 1
     p = np.random.default_rng(0).random(1000)
-    np.testing.assert_array_equal(score_histogram(np.ones(1000, dtype=bool), p, bins)[1],
-                                  np.histogram(p, bins=bins, range=(0.0, 1.0))[0])
+    np.testing.assert_array_equal(
+        score_histogram(np.ones(1000, dtype=bool), p, bins)[1], np.histogram(p, bins=bins, range=(0.0, 1.0))[0]
+    )
 
 
 def test_empty_class_gives_nan():
