@@ -269,8 +269,8 @@ def refusal_reply(msg: Message, reason: str) -> Message:
 
 
 def encode_candidate_scores(scores: dict[str, dict]) -> MetricRecord:
-    """A site's ``score_candidates_at_site`` result -> MetricRecord: per candidate i (in the
-    run's candidate order) "tuning/<i>/influence" and "tuning/<i>/<mode>" = the per-seed [2, bins]
+    """A site's ``score_candidates_at_site`` result -> MetricRecord: per tuning row i (in the
+    run's ``tuning_rows`` order) "tuning/<i>/influence" and "tuning/<i>/<mode>" = the per-seed [2, bins]
     histograms flattened (seed-major): counts of predicted scores, never a record or a score."""
     flat: dict[str, object] = {}
     for i, row in enumerate(scores.values()):
@@ -280,17 +280,17 @@ def encode_candidate_scores(scores: dict[str, dict]) -> MetricRecord:
     return MetricRecord(flat)
 
 
-def decode_candidate_scores(record: MetricRecord, candidates: list, seeds: int, bins: int) -> dict[str, dict]:
-    """Inverse of ``encode_candidate_scores`` given the run's candidate list, seeds and bins;
-    raises ValueError when a histogram has the wrong size."""
+def decode_candidate_scores(record: MetricRecord, rows: list, seeds: int, bins: int) -> dict[str, dict]:
+    """Inverse of ``encode_candidate_scores`` given the run's tuning rows (``selection.tuning_rows``:
+    (label, candidate, draw)), seeds and bins; raises ValueError when a histogram has the wrong size."""
     out = {}
-    for i, candidate in enumerate(candidates):
+    for i, (label, candidate, _) in enumerate(rows):
         row = {"form": candidate.form, "scale": candidate.scale, "influence": float(record[f"tuning/{i}/influence"])}
         for mode in ("tsrtr", "tstr"):
             values = np.asarray(record[f"tuning/{i}/{mode}"], dtype=np.int64)
             if values.size != seeds * 2 * bins:
-                raise ValueError(f"tuning reply: candidate {candidate.label} {mode} has {values.size} counts, "
+                raise ValueError(f"tuning reply: candidate {label} {mode} has {values.size} counts, "
                                  f"expected {seeds} x 2 x {bins}")
             row[mode] = values.reshape(seeds, 2, bins).tolist()
-        out[candidate.label] = row
+        out[label] = row
     return out

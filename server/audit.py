@@ -60,6 +60,18 @@ class MessageAudit:
         self.sites: dict[int, _SiteShape] = {}
         self.arrays_checked = 0
         self.violations: list[str] = []
+        # Score histograms (``metrics.histogram_auc``: counts by label in fixed bins, per run) are
+        # count vectors of a length fixed by the config, not per-record lists; ``allow_count_vectors``
+        # declares that length so a site whose split happens to hold that many records is not refused.
+        self.count_vector_lengths: set[int] = set()
+
+    def allow_count_vectors(self, length: int) -> None:
+        """Accept metric lists named "...histograms" or "tuning/<i>/<mode>" of exactly ``length`` values."""
+        self.count_vector_lengths.add(int(length))
+
+    def _is_count_vector(self, name: str, length: int) -> bool:
+        declared = name.endswith("histograms") or (name.startswith("tuning/") and not name.endswith("influence"))
+        return declared and length in self.count_vector_lengths
 
     def register_site(self, node_id: int, name: str, counts: list[int], channels: int, length: int) -> None:
         self.sites[node_id] = _SiteShape(name, {int(c) for c in counts if int(c) > 0}, int(channels), int(length))
@@ -113,7 +125,7 @@ class MessageAudit:
                 entry.bytes += 8 * (len(value) if isinstance(value, list) else 1)
                 if isinstance(value, list):
                     entry.metric_lists[f"{key}/{name}"] = len(value)
-                    if self._record_shaped((len(value),), site):
+                    if self._record_shaped((len(value),), site) and not self._is_count_vector(name, len(value)):
                         problems.append(f"metric {key}/{name} is a list of {len(value)} values (one per record?)")
         for record in reply.content.config_records.values():
             entry.bytes += len(json.dumps({k: (v if not isinstance(v, bytes) else len(v)) for k, v in record.items()}))

@@ -33,6 +33,7 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from tardiff_common.data.contract import SPLIT_NAMES
+from tardiff_common.metrics.histogram_auc import SCORE_BINS
 from tardiff_common.pipeline.config import RunConfig
 from tardiff_common.pipeline.timing import PhaseTimer
 from tardiff_common.privacy.accounting import BUDGET_MARKER
@@ -109,6 +110,10 @@ class ServerRun:
     resumed_from: dict | None = None  # the progress a resumed run continues ({"phase", "round", ...})
     resumes: list[dict] = field(default_factory=list)  # one entry per resume: where it continued, why it stopped
     _last_round: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        # per-run score histograms of phases 3b and 4: evaluation seeds x [2, bins] counts
+        self.audit.allow_count_vectors(len(self.config.evaluation.seeds) * 2 * SCORE_BINS)
 
     # ------------------------------------------------------------------ nodes
 

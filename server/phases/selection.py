@@ -6,6 +6,7 @@ the evaluation classifier on its training split + the candidate set (TSRTR) and 
 alone (TSTR) with the run's evaluation seeds, and answers with the counts of the predicted
 scores on its tuning split by label ([2, bins] per seed: metrics, never a record). The server
 adds the counts over sites, computes the pooled tuning AUPRC per candidate and picks the best
+one if it beats unguided by more than a second unguided draw differs from the first
 (``tardiff_common.pipeline.selection``); phase 4 generates with it. With a numeric scale the
 phase only records the fixed setting and sends nothing.
 """
@@ -17,7 +18,7 @@ from flwr.app import ConfigRecord, RecordDict
 from client import protocol as P
 from tardiff_common.influence.guidance import Candidate
 from tardiff_common.metrics.histogram_auc import SCORE_BINS
-from tardiff_common.pipeline.selection import selection_from_scores, selection_record
+from tardiff_common.pipeline.selection import selection_from_scores, selection_record, tuning_rows
 
 from ..run import ServerRun
 from .normalization import normalizer_record
@@ -45,11 +46,11 @@ def run_selection_phase(run: ServerRun) -> None:
         run.state["selection"] = selection_record(fixed)
         run.log(f"[selection] guidance fixed at {fixed['chosen'].label} (no selection)")
         return
-    candidates = list(g.candidate_list())
+    rows = tuning_rows(run.config)
     replies = run.query("selection", P.TUNE, generator_content(run))
     seeds = len(run.config.evaluation.seeds)
-    scores = [P.decode_candidate_scores(reply.content[P.METRICS], candidates, seeds, SCORE_BINS) for reply in replies]
+    scores = [P.decode_candidate_scores(reply.content[P.METRICS], rows, seeds, SCORE_BINS) for reply in replies]
     selection = selection_from_scores(scores, run.config)
     run.state["selection"] = selection_record(selection)
-    run.log(f"[selection] {len(replies)} sites scored {len(candidates)} candidates on their tuning splits; "
+    run.log(f"[selection] {len(replies)} sites scored {len(rows) - 1} candidates and a null draw on their tuning splits; "
             + selection["summary"])

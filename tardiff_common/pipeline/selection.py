@@ -10,8 +10,14 @@ computes its part and the server pools the parts:
             f_{c,r} = evaluation classifier trained on  train_k + D_c   ("tsrtr")  or  D_c ("tstr")
             H_{c,r} = histogram of f_{c,r}(x) over the tuning split by label     [2, bins]
     server:  H_{c,r} = sum_k H^k_{c,r};   AUPRC_c = mean_r AUPRC(H_{c,r})
-             choice  = argmax_c AUPRC_c; a candidate within tie_tolerance of one with a smaller
-                       scale loses to it (so s = 0 wins ties and a useless guidance is never chosen)
+             noise   = |AUPRC_null - AUPRC_unguided|     (a second unguided draw, "null", scored alike)
+             choice  = the guided candidate with the best AUPRC_c if it beats unguided by more than
+                       noise + tie_tolerance, else unguided (s = 0)
+
+The null draw measures, on this very tuning split, how much two samples of the *same* generator
+differ; a guided candidate has to beat unguided by more than that, so a guidance that cannot
+help (or a tuning split too small to tell) falls back to s = 0 instead of to the luckiest of
+several candidates (the winner's curse of taking a maximum over noisy scores).
 
 Only counts of predicted scores leave a site (``metrics.histogram_auc``): no record, and no
 per-record score. The test split is never read here.
@@ -35,6 +41,8 @@ from .phases import NormalizedSplits, influence_of, positive_fraction, synthesiz
 
 __all__ = [
     "TUNING_DRAW",
+    "NULL_LABEL",
+    "tuning_rows",
     "score_candidates_at_site",
     "pool_candidate_scores",
     "choose_candidate",
@@ -45,6 +53,7 @@ __all__ = [
 ]
 
 TUNING_DRAW = 7  # the candidates' noise: a draw of its own, never the reported sets' noise
+NULL_LABEL = "null (2nd unguided draw)"
 SELECT_MODES = ("tsrtr", "tstr")
 
 
@@ -65,11 +74,11 @@ def score_candidates_at_site(
     device = str(next(classifier.parameters()).device)
     real = (data.train_x, data.train_y)
     out: dict[str, dict] = {}
-    for candidate in g.candidate_list():
+    for label, candidate, draw in tuning_rows(config):
         x, y = synthesize(unet, classifier, direction, num_samples=num,
                           positive_fraction=positive_fraction(config, data.train_y), length=data.length,
                           config=config, site_index=site_index, guidance=g.with_candidate(candidate),
-                          draw=TUNING_DRAW, progress=progress)
+                          draw=draw, progress=progress)
         training_sets = {"tsrtr": (np.concatenate([real[0], x]), np.concatenate([real[1], y])), "tstr": (x, y)}
         row: dict[str, object] = {"form": candidate.form, "scale": candidate.scale,
                                   "influence": float(influence_of(classifier, direction, x, y).mean())}
@@ -79,8 +88,15 @@ def score_candidates_at_site(
                 model = fit_evaluation_classifier(train, config.evaluation, seed, device=device)
                 p = predict_proba(model, data.tuning_x)
                 row[mode].append(score_histogram(data.tuning_y, p, SCORE_BINS).tolist())
-        out[candidate.label] = row
+        out[label] = row
     return out
+
+
+def tuning_rows(config: RunConfig) -> list[tuple[str, Candidate, int]]:
+    """(label, candidate, sampling draw) of every tuning row, in wire order: the candidates
+    (unguided first) on the tuning draw, then the null row, a second unguided draw."""
+    rows = [(c.label, c, TUNING_DRAW) for c in config.guidance.candidate_list()]
+    return rows + [(NULL_LABEL, Candidate("paper", 0.0), TUNING_DRAW + 1)]
 
 
 def pool_candidate_scores(site_scores: list[dict[str, dict]]) -> dict[str, dict]:
@@ -108,15 +124,18 @@ def pool_candidate_scores(site_scores: list[dict[str, dict]]) -> dict[str, dict]
 
 
 def choose_candidate(pooled: dict[str, dict], select_on: str = "tsrtr", tie_tolerance: float = 0.0) -> Candidate:
-    """The candidate with the best pooled tuning AUPRC; ties (within ``tie_tolerance``) go to the
-    smaller scale, so unguided (s = 0) wins every tie and every NaN comparison."""
+    """The guided candidate with the best pooled tuning AUPRC if it beats unguided by more than
+    the noise floor |null - unguided| (when the table has a null row) plus ``tie_tolerance``;
+    else unguided. Among guided candidates a tie goes to the smaller scale; NaNs never win."""
     key = f"{select_on}_auprc"
-    ordered = sorted(pooled.values(), key=lambda r: (r["scale"] > 0, r["scale"]))  # unguided first
-    best = ordered[0]
-    for row in ordered[1:]:
-        if np.isfinite(row[key]) and (not np.isfinite(best[key]) or row[key] > best[key] + tie_tolerance):
-            best = row
-    return Candidate(best["form"], float(best["scale"]))
+    unguided = next(r for label, r in pooled.items() if label != NULL_LABEL and r["scale"] == 0)
+    null = pooled.get(NULL_LABEL)
+    noise = abs(null[key] - unguided[key]) if null is not None and np.isfinite(null[key]) else 0.0
+    guided = sorted((r for label, r in pooled.items() if label != NULL_LABEL and r["scale"] > 0 and np.isfinite(r[key])),
+                    key=lambda r: (-r[key], r["scale"]))
+    if guided and (not np.isfinite(unguided[key]) or guided[0][key] > unguided[key] + noise + tie_tolerance):
+        return Candidate(guided[0]["form"], float(guided[0]["scale"]))
+    return Candidate(unguided["form"], 0.0)
 
 
 def resolve_guidance(config: RunConfig, candidate: Candidate) -> RunConfig:
@@ -154,7 +173,8 @@ def selection_from_scores(site_scores: list[dict[str, dict]], config: RunConfig)
     key = f"{g.select_on}_auprc"
     ranking = ", ".join(f"{label} {row[key]:.3f}" for label, row in table.items())
     return {"mode": "auto", "chosen": chosen, "select_on": g.select_on, "table": table,
-            "summary": f"chose {chosen.label} by pooled tuning {g.select_on.upper()} AUPRC ({ranking})"}
+            "summary": f"chose {chosen.label} by pooled tuning {g.select_on.upper()} AUPRC beyond the null draw's "
+                       f"noise ({ranking})"}
 
 
 def selection_record(selection: dict) -> dict:

@@ -46,6 +46,14 @@ def test_report_schema_and_files(tmp_path):
     assert set(saved["timing"]) >= {"normalization", "classifier", "influence", "diffusion", "generation", "total"}
     assert set(saved["fidelity"]["tardiff"]) >= {"discriminative", "predictive_mae", "context_fid"}
     assert 0.0 <= saved["fidelity"]["tardiff"]["discriminative"] <= 0.5
+    # guidance chosen on the sites' tuning splits; paired and histogram-pooled results present
+    assert saved["selection"]["mode"] == "auto"
+    assert set(saved["selection"]["candidates"]) == {"unguided", "paper:10", "x0:0.1", "null (2nd unguided draw)"}
+    assert saved["selection"]["chosen"]["label"] in saved["selection"]["candidates"]
+    assert set(saved["paired"]["tstr"]) == {"tardiff - unguided", "unguided_2 - unguided (null)", "tardiff - real"}
+    assert set(saved["histogram_pooled"]["tstr"]) == {"real", "unguided", "unguided_2", "tardiff"}
+    assert "histograms" not in json.dumps(saved["sites"])
+    assert "## Guidance setting" in (run_dir / "report.md").read_text()
     assert saved["participation"]["classifier"] == [["hospital_a", "hospital_b", "hospital_c"]] * 2
     # each site kept its synthetic data on its own disk
     for site in saved["sites"]:
@@ -94,8 +102,11 @@ def test_every_reply_is_audited_and_none_is_record_shaped(tmp_path):
     assert len(entries) == len(grid.delivered)  # one audit row per reply of every phase
     types = {e["message_type"] for e in entries}
     assert types == {"query.stats", "query.histogram", "train.classifier", "query.influence",
-                     "train.diffusion", "query.generate"}
-    counts = {s["site"]: {s["train"], s["guidance"], s["test"], s["records"]} for s in metrics["data"]["sites"]}
+                     "train.diffusion", "query.tune", "query.generate"}
+    tuning = [e for e in entries if e["message_type"] == "query.tune"]
+    assert len(tuning) == 3 and all(e["arrays"] == {} for e in tuning)  # the tuning reply: metrics only
+    counts = {s["site"]: {s["train"], s["guidance"], s["tuning"], s["test"], s["records"]}
+              for s in metrics["data"]["sites"]}
     for e in entries:
         for shape in e["arrays"].values():
             assert not (len(shape) >= 2 and shape[0] in counts[e["site"]]), (e["site"], shape)
