@@ -275,6 +275,7 @@ def encode_candidate_scores(scores: dict[str, dict]) -> MetricRecord:
     flat: dict[str, object] = {}
     for i, row in enumerate(scores.values()):
         flat[f"tuning/{i}/influence"] = float(row["influence"])
+        flat[f"tuning/{i}/context_fid"] = float(row["context_fid"])
         for mode in ("tsrtr", "tstr"):
             flat[f"tuning/{i}/{mode}"] = [int(v) for v in np.asarray(row[mode], dtype=np.int64).reshape(-1)]
     return MetricRecord(flat)
@@ -285,7 +286,8 @@ def decode_candidate_scores(record: MetricRecord, rows: list, seeds: int, bins: 
     (label, candidate, draw)), seeds and bins; raises ValueError when a histogram has the wrong size."""
     out = {}
     for i, (label, candidate, _) in enumerate(rows):
-        row = {"form": candidate.form, "scale": candidate.scale, "influence": float(record[f"tuning/{i}/influence"])}
+        row = {"form": candidate.form, "scale": candidate.scale, "influence": float(record[f"tuning/{i}/influence"]),
+               "context_fid": float(record[f"tuning/{i}/context_fid"])}
         for mode in ("tsrtr", "tstr"):
             values = np.asarray(record[f"tuning/{i}/{mode}"], dtype=np.int64)
             if values.size != seeds * 2 * bins:

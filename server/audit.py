@@ -70,7 +70,7 @@ class MessageAudit:
         self.count_vector_lengths.add(int(length))
 
     def _is_count_vector(self, name: str, length: int) -> bool:
-        declared = name.endswith("histograms") or (name.startswith("tuning/") and not name.endswith("influence"))
+        declared = name.endswith("histograms") or (name.startswith("tuning/") and name.endswith(("/tsrtr", "/tstr")))
         return declared and length in self.count_vector_lengths
 
     def register_site(self, node_id: int, name: str, counts: list[int], channels: int, length: int) -> None:

@@ -164,34 +164,38 @@ def selection_summary(metrics_by_seed: dict[int, dict], run: str) -> tuple[list[
         selection = (by_run.get(run) or {}).get("selection") or {}
         chosen[seed] = (selection.get("chosen") or {}).get("label", "?")
         for label, row in (selection.get("candidates") or {}).items():
-            for key in ("influence", "tsrtr_auprc", "tstr_auprc", "tsrtr_auroc", "tstr_auroc"):
+            for key in ("influence", "context_fid", "tsrtr_auprc", "tstr_auprc", "tsrtr_auroc", "tstr_auroc"):
                 table.setdefault(label, {}).setdefault(key, []).append(row.get(key, float("nan")))
     lines = ["Chosen on the tuning split, per seed: " + ", ".join(f"seed {s}: `{c}`" for s, c in chosen.items()), ""]
     if table:
-        lines += ["| candidate | times chosen | mean influence | tuning TSRTR AUPRC | tuning TSTR AUPRC | "
-                  "tuning TSRTR AUROC |", "|---|---|---|---|---|---|"]
+        lines += ["| candidate | times chosen | mean influence | Context-FID | tuning TSRTR AUPRC | tuning TSTR AUPRC | "
+                  "tuning TSRTR AUROC |", "|---|---|---|---|---|---|---|"]
         for label, cols in table.items():
             picks = sum(1 for c in chosen.values() if c == label)
-            lines.append(f"| {label} | {picks} | {_fmt_abs(cols['influence'])} | {_fmt_abs(cols['tsrtr_auprc'])} | "
-                         f"{_fmt_abs(cols['tstr_auprc'])} | {_fmt_abs(cols['tsrtr_auroc'])} |")
+            lines.append(f"| {label} | {picks} | {_fmt_abs(cols['influence'])} | {_fmt_abs(cols['context_fid'])} | "
+                         f"{_fmt_abs(cols['tsrtr_auprc'])} | {_fmt_abs(cols['tstr_auprc'])} | "
+                         f"{_fmt_abs(cols['tsrtr_auroc'])} |")
     return lines, table
 
 
 def plot_forms(table: dict[str, dict], path: Path, title: str) -> None:
-    """Tuning TSRTR AUPRC vs mean influence of every candidate (mean over seeds)."""
+    """Tuning TSRTR AUPRC vs mean influence, and vs Context-FID, of every candidate (mean over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, cols in table.items():
-        x, y = np.nanmean(cols["influence"]), np.nanmean(cols["tsrtr_auprc"])
-        ax.scatter([x], [y], s=30)
-        ax.annotate(label, (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("mean influence I(x) of the candidate set")
-    ax.set_ylabel("tuning-split TSRTR AUPRC")
-    ax.set_title(title, fontsize=9)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, xlabel in ((axes[0], "influence", "mean influence I(x) of the candidate set"),
+                            (axes[1], "context_fid", "Context-FID vs training records (log)")):
+        for label, cols in table.items():
+            x, y = np.nanmean(cols[key]), np.nanmean(cols["tsrtr_auprc"])
+            ax.scatter([x], [y], s=30)
+            ax.annotate(label, (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("tuning-split TSRTR AUPRC")
+    axes[1].set_xscale("log")
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

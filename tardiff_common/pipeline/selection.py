@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..influence.guidance import Candidate
+from ..metrics.context_fid import context_fid
 from ..metrics.histogram_auc import SCORE_BINS, auprc_from_histogram, auroc_from_histogram, score_histogram
 from ..metrics.utility import fit_evaluation_classifier
 from ..models.unet1d import UNet1D
@@ -67,7 +68,7 @@ def score_candidates_at_site(
     site_index: int,
     progress: bool = False,
 ) -> dict[str, dict]:
-    """{candidate label: {"form", "scale", "influence", "tsrtr": [[2, bins] per seed], "tstr": ...}}
+    """{candidate label: {"form", "scale", "influence", "context_fid", "tsrtr": [[2, bins] per seed], "tstr": ...}}
     for this site's tuning split (metrics only: counts of predicted scores by label)."""
     g = config.guidance
     num = max(2, int(round(g.tuning_ratio * len(data.train_y))))
@@ -81,7 +82,8 @@ def score_candidates_at_site(
                           draw=draw, progress=progress)
         training_sets = {"tsrtr": (np.concatenate([real[0], x]), np.concatenate([real[1], y])), "tstr": (x, y)}
         row: dict[str, object] = {"form": candidate.form, "scale": candidate.scale,
-                                  "influence": float(influence_of(classifier, direction, x, y).mean())}
+                                  "influence": float(influence_of(classifier, direction, x, y).mean()),
+                                  "context_fid": _context_fid(data.train_x, x)}
         for mode, train in training_sets.items():
             row[mode] = []
             for seed in config.evaluation.seeds:
@@ -90,6 +92,14 @@ def score_candidates_at_site(
                 row[mode].append(score_histogram(data.tuning_y, p, SCORE_BINS).tolist())
         out[label] = row
     return out
+
+
+def _context_fid(real_x: np.ndarray, synthetic_x: np.ndarray) -> float:
+    """Context-FID of a candidate set against the site's training records (NaN if too few)."""
+    try:
+        return float(context_fid(real_x, synthetic_x, seed=0)["context_fid"])
+    except ValueError:
+        return float("nan")
 
 
 def tuning_rows(config: RunConfig) -> list[tuple[str, Candidate, int]]:
@@ -110,7 +120,9 @@ def pool_candidate_scores(site_scores: list[dict[str, dict]]) -> dict[str, dict]
     for label in labels:
         rows = [s[label] for s in site_scores]
         out = {"form": rows[0]["form"], "scale": float(rows[0]["scale"]),
-               "influence": float(np.mean([r["influence"] for r in rows]))}
+               "influence": float(np.mean([r["influence"] for r in rows])),
+               "context_fid": float(np.nanmean([r.get("context_fid", np.nan) for r in rows]))
+               if np.isfinite([r.get("context_fid", np.nan) for r in rows]).any() else float("nan")}
         for mode in SELECT_MODES:
             seeds = len(rows[0][mode])
             totals = [sum(np.asarray(r[mode][k], dtype=np.int64) for r in rows) for k in range(seeds)]

@@ -67,18 +67,20 @@ def _selection_section(selection: dict) -> list[str]:
     if selection.get("mode") != "auto":
         return lines + [f"Fixed by configuration: `{chosen.get('label')}` (no selection)."]
     mode = str(selection.get("select_on", "tsrtr"))
-    lines += [f"Chosen on the tuning split (never the test split or the guidance set): **`{chosen.get('label')}`**, "
-              f"the best pooled tuning {mode.upper()} AUPRC (ties go to the smaller scale; unguided is always a "
-              "candidate).", "",
-              "| candidate | mean influence | TSRTR AUPRC | TSRTR AUROC | TSTR AUPRC | TSTR AUROC |",
-              "|---|---|---|---|---|---|"]
+    lines += [f"Chosen on the tuning split (never the test split or the guidance set): **`{chosen.get('label')}`**. "
+              f"Rule: the guided candidate with the best pooled tuning {mode.upper()} AUPRC wins if it beats unguided "
+              "by more than a second unguided draw (the null row) differs from the first; otherwise unguided (s = 0). "
+              "Context-FID against the training records (0 best).", "",
+              "| candidate | mean influence | Context-FID | TSRTR AUPRC | TSRTR AUROC | TSTR AUPRC | TSTR AUROC |",
+              "|---|---|---|---|---|---|---|"]
 
     def cell(v) -> str:
         return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3f}"
 
     for label, row in (selection.get("candidates") or {}).items():
         mark = " ⟵" if label == chosen.get("label") else ""
-        lines.append(f"| {label}{mark} | {cell(row.get('influence'))} | {cell(row.get('tsrtr_auprc'))} | "
+        lines.append(f"| {label}{mark} | {cell(row.get('influence'))} | {cell(row.get('context_fid'))} | "
+                     f"{cell(row.get('tsrtr_auprc'))} | "
                      f"{cell(row.get('tsrtr_auroc'))} | {cell(row.get('tstr_auprc'))} | {cell(row.get('tstr_auroc'))} |")
     return lines
 
