@@ -23,11 +23,14 @@ on real + synthetic data? This study measures it without guidance, on an unguide
    Worth = -loss (primary), AUPRC (secondary). The test split is never touched.
 5. For each score, Spearman rho over subsets between the subset's mean score and its worth, with a
    95 % percentile-bootstrap CI (1000 resamples of the subsets, seeded; ties by average ranks).
-6. Noise floor: ``--noise-subsets`` subsets are re-trained with ``--noise-repeats`` other
-   evaluation seeds; the pooled within-subset SD of worth is compared with the SD across subsets
-   (at the common seed). reliability = 1 - var_within / var_across estimates the share of the
-   across-subset variance that belongs to the subsets at all; sqrt(reliability) is roughly the
-   largest |rho| any score could reach against this ground truth.
+6. Noise floor: ``--noise-subsets`` subsets are re-trained ``--noise-repeats`` times (a) with other
+   evaluation seeds ("seed") and (b) with the common seed but the training records permuted
+   ("order": same data and initial weights, other batches). The pooled within-subset SD of worth is
+   compared with the SD across subsets (at the common seed). reliability = 1 - var_within / var_across
+   estimates the share of the across-subset variance that belongs to the subsets at all;
+   sqrt(reliability) is roughly the largest |rho| any score could reach against this ground truth.
+   Common random numbers remove the seed noise from the comparison of subsets, not the order
+   noise, so "order" is the floor that applies and "seed" an upper bound.
 
     python -m simulations.influence_worth --out runs/worth-<name> [--source synthetic|eicu_yaib|physionet2012]
         [--path ...] [--preset default] [--set k=v ...] [--subsets 40] [--pool-ratio 2.0] [--subset-ratio 0.5]
@@ -80,7 +83,7 @@ from tardiff_common.pipeline.phases import (
     synthesize,
 )
 from tardiff_common.report.run_folder import write_bytes_atomic, write_json_atomic
-from tardiff_common.training.classifier import positive_class_weight
+from tardiff_common.training.classifier import positive_class_weight, predict_proba
 
 __all__ = ["run_study", "spearman_with_ci", "stratified_subsets", "main"]
 
@@ -107,23 +110,45 @@ def spearman_with_ci(score: np.ndarray, worth: np.ndarray, *, seed: int, resampl
                      level: float = 0.95) -> dict[str, float]:
     """Spearman rho of (score, worth) over subsets, its two-sided p-value (scipy, t approximation)
     and a percentile-bootstrap CI: ``resamples`` draws of the subsets with replacement (ranks
-    recomputed per draw, ties averaged); resamples where either side is constant are dropped."""
+    recomputed per draw, ties averaged); resamples where either side is constant are dropped.
+    ``fisher_lo`` / ``fisher_hi``: the Fisher-z interval (variance 1.06 / (n - 3)) as a cross-check;
+    with many tied worths (``distinct_worth`` small) the percentile interval can miss rho itself."""
     score = np.asarray(score, dtype=np.float64)
     worth = np.asarray(worth, dtype=np.float64)
     keep = np.isfinite(score) & np.isfinite(worth)
     score, worth = score[keep], worth[keep]
     n = int(score.size)
-    out = {"rho": float("nan"), "p": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": n}
+    out = {"rho": float("nan"), "p": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": n,
+           "fisher_lo": float("nan"), "fisher_hi": float("nan"), "distinct_worth": int(np.unique(worth).size)}
     if n < 3 or np.ptp(score) == 0 or np.ptp(worth) == 0:
         return out
     res = stats.spearmanr(score, worth)
     out["rho"], out["p"] = float(res.statistic), float(res.pvalue)
+    if n > 3:  # Fisher z with the Fieller-Hartley-Pearson variance 1.06 / (n - 3), a cross-check
+        z, half = np.arctanh(np.clip(out["rho"], -0.999999, 0.999999)), stats.norm.ppf((1 + level) / 2)
+        out["fisher_lo"], out["fisher_hi"] = (float(np.tanh(z + sgn * half * np.sqrt(1.06 / (n - 3))))
+                                              for sgn in (-1, 1))
     idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
     boot = _row_pearson(stats.rankdata(score[idx], axis=1), stats.rankdata(worth[idx], axis=1))
     boot = boot[np.isfinite(boot)]
     if boot.size:
         out["lo"], out["hi"] = (float(v) for v in np.quantile(boot, [(1 - level) / 2, (1 + level) / 2]))
     return out
+
+
+def null_rho_band(members: np.ndarray, pool_size: int, worth: np.ndarray, *, seed: int, draws: int = 1000,
+                  level: float = 0.95) -> dict[str, float]:
+    """The rho a score with *no* information reaches by chance on these subsets: ``draws`` random
+    N(0, 1) scores of the pool records, their subset means, Spearman vs ``worth``; the ``level``
+    quantile of |rho| (a permutation-style null band; the "random" row is one such draw)."""
+    worth = np.asarray(worth, dtype=np.float64)
+    if not np.all(np.isfinite(worth)) or np.ptp(worth) == 0:
+        return {"abs_rho": float("nan"), "draws": draws}
+    membership = np.zeros((len(members), pool_size))
+    np.put_along_axis(membership, members, 1.0 / members.shape[1], axis=1)
+    means = np.random.default_rng(seed).standard_normal((draws, pool_size)) @ membership.T  # [draws, S]
+    rho = _row_pearson(stats.rankdata(means, axis=1), stats.rankdata(worth)[None, :])
+    return {"abs_rho": float(np.quantile(np.abs(rho), level)), "draws": draws}
 
 
 def stratified_subsets(y: np.ndarray, size: int, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -157,8 +182,6 @@ def _mean_loss(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
 def worth_of(train: tuple[np.ndarray, np.ndarray], data, config: RunConfig, seed: int, device: str) -> dict:
     """Fit the evaluation classifier on ``train`` with ``seed``; its worth on the tuning split
     (and the guidance-split loss as a diagnostic). Never looks at the test split."""
-    from tardiff_common.training.classifier import predict_proba
-
     t0 = time.perf_counter()
     model = fit_evaluation_classifier(train, config.evaluation, seed, device=device)
     seconds = time.perf_counter() - t0
@@ -278,12 +301,24 @@ def run_study(config: RunConfig, *, subsets: int = 40, pool_ratio: float = 2.0, 
     lap("ground_truth")
 
     # 6. noise floor -------------------------------------------------------------------------------
+    # "seed": the same subset with other evaluation seeds (other initial weights and batch order).
+    # "order": the same subset and seed, the training records permuted: identical data and initial
+    # weights, different batches. Common random numbers remove the seed noise from the comparison of
+    # subsets but not the order noise (a different subset also changes what shares a batch), so
+    # "order" is the floor that applies to the correlations; "seed" is an upper bound.
     repeat_seeds = [eval_seed + 1 + k for k in range(noise_repeats)]
     noise_runs = []
     for s in range(min(noise_subsets, subsets)):
         runs = [worth_of(train_on(members[s]), data, config, rs, str(device)) for rs in repeat_seeds]
-        noise_runs.append({"subset": s, "seeds": repeat_seeds, "runs": runs})
-        log(f"[noise] subset {s + 1}: loss over seeds {[round(r['loss'], 4) for r in runs]}")
+        x_s, y_s = train_on(members[s])
+        order_runs = []
+        for k in range(noise_repeats):
+            perm = np.random.default_rng(derive_seed(seed, 5, s, k)).permutation(len(y_s))
+            order_runs.append(worth_of((x_s[perm], y_s[perm]), data, config, eval_seed, str(device)))
+        noise_runs.append({"subset": s, "seeds": repeat_seeds, "runs": runs, "order_runs": order_runs,
+                           "common_seed_run": per_subset[s]})
+        log(f"[noise] subset {s + 1}: loss {per_subset[s]['loss']:.4f} at seed {eval_seed}; other seeds "
+            f"{[round(r['loss'], 4) for r in runs]}; permuted order {[round(r['loss'], 4) for r in order_runs]}")
     lap("noise_floor")
 
     # 5. correlations ------------------------------------------------------------------------------
@@ -294,9 +329,14 @@ def run_study(config: RunConfig, *, subsets: int = 40, pool_ratio: float = 2.0, 
                for j, k in enumerate(WORTHS)}
         for i, name in enumerate(SCORES)
     }
-    noise_floor = {k: _noise_floor(worth[k], [[r[k] for r in n["runs"]] for n in noise_runs]) for k in WORTHS}
+    null_band = {k: null_rho_band(members, n_pool, worth[k], seed=derive_seed(seed, 6)) for k in WORTHS}
+    noise_floor = {
+        kind: {k: _noise_floor(worth[k], [[r[k] for r in n[runs]] + extra(n, k) for n in noise_runs]) for k in WORTHS}
+        for kind, runs, extra in (("seed", "runs", lambda n, k: []),
+                                  ("order", "order_runs", lambda n, k: [n["common_seed_run"][k]]))
+    }
     fit_seconds = [w["fit_seconds"] for w in per_subset] + [real_only["fit_seconds"]] + \
-        [r["fit_seconds"] for n in noise_runs for r in n["runs"]]
+        [r["fit_seconds"] for n in noise_runs for r in n["runs"] + n["order_runs"]]
     pool_corr = {a: {b: float(stats.spearmanr(scores[a], scores[b]).statistic) for b in SCORES} for a in SCORES}
     log("[result] Spearman vs -loss: " + ", ".join(f"{k} {v['neg_loss']['rho']:+.2f}" for k, v in correlations.items()))
     return {
@@ -315,6 +355,7 @@ def run_study(config: RunConfig, *, subsets: int = 40, pool_ratio: float = 2.0, 
                         "min": float(np.min(fit_seconds)), "max": float(np.max(fit_seconds)), "count": len(fit_seconds)},
         "real_only": real_only,
         "correlations": correlations,
+        "null_band": null_band,
         "noise_floor": noise_floor,
         "noise_runs": noise_runs,
         "per_subset": per_subset,
@@ -357,36 +398,57 @@ def render(results: dict, command: str) -> str:
              "positive). The test split is not used.", "",
              f"Spearman rho over subsets of the subset's mean score vs its worth; {st['ci']} "
              f"({st['bootstrap']} resamples, seeded). A score that predicts worth has rho > 0; `random` is the "
-             "control (expect ~0); a negative rho means the *minus* score would predict worth.", "",
+             "control (expect ~0); a negative rho means the *minus* score would predict worth. Chance level: "
+             f"95 % of {results['null_band']['neg_loss']['draws']} random scores reach |rho| <= "
+             f"{results['null_band']['neg_loss']['abs_rho']:.2f} vs -loss and "
+             f"{results['null_band']['auprc']['abs_rho']:.2f} vs AUPRC.", "",
              "| score | Spearman vs -loss [95 % CI] | Spearman vs AUPRC [95 % CI] |", "|---|---|---|"]
     for name, by_worth in results["correlations"].items():
         lines.append(f"| {name} | {_cell(by_worth['neg_loss'])} | {_cell(by_worth['auprc'])} |")
+    tied = [f"{WORTHS[k]} takes {c['distinct_worth']} distinct values over {c['n']} subsets"
+            for k, c in results["correlations"]["random"].items() if c["distinct_worth"] < 0.8 * c["n"]]
+    if tied:
+        lines += ["", "Ties: " + "; ".join(tied) + ". With many ties the rank correlation is coarse and the "
+                  "percentile interval can even exclude rho (see `fisher_lo` / `fisher_hi` in results.json)."]
     lines += ["", "Diagnostics: the same against AUROC (tuning) and against -loss on the guidance split (the split "
               "G sums over, i.e. the quantity influence approximates).", "",
               "| score | Spearman vs AUROC | Spearman vs -guidance loss |", "|---|---|---|"]
     for name, by_worth in results["correlations"].items():
         lines.append(f"| {name} | {_cell(by_worth['auroc'])} | {_cell(by_worth['neg_guidance_loss'])} |")
+    seeds = results["noise_runs"][0]["seeds"] if results["noise_runs"] else []
     lines += ["", "## Noise floor", "",
-              f"{len(results['noise_runs'])} subset(s) re-trained with evaluation seeds "
-              f"{results['noise_runs'][0]['seeds'] if results['noise_runs'] else []}. within SD = pooled SD over "
-              "seeds of one subset; across SD = SD over subsets at the common seed; reliability = 1 - within² / "
-              "across²; max |rho| ≈ sqrt(reliability).", "",
-              "| worth | across-subset SD | within-subset SD (dof) | within / across | reliability | max abs rho |",
-              "|---|---|---|---|---|---|"]
-    noise_limited = []
+              f"{len(results['noise_runs'])} subset(s) re-trained (a) with the other evaluation seeds {seeds} "
+              f"(`seed`: new initial weights and batch order) and (b) {st['noise_repeats']} times with the common "
+              "seed but the training records permuted (`order`: same data and initial weights, other batches; "
+              "the common-seed fit is included). within SD = pooled SD over the re-fits of one subset; across SD = "
+              "SD over subsets at the common seed; reliability = 1 - within² / across²; max |rho| ≈ "
+              "sqrt(reliability). Common random numbers take the seed noise out of the comparison of subsets but "
+              "not the order noise, so `order` is the floor that applies to the correlations and `seed` bounds it "
+              "from above.", "",
+              "| worth | noise | across-subset SD | within-subset SD (dof) | within / across | reliability | "
+              "max abs rho |", "|---|---|---|---|---|---|---|"]
+    noise_limited = {"seed": [], "order": []}
     for k, label in WORTHS.items():
-        nf = results["noise_floor"][k]
-        lines.append(f"| {label} | {nf['across_sd']:.4g} | {nf['within_sd']:.4g} ({nf['within_dof']}) | "
-                     f"{nf['ratio']:.2f} | {nf['reliability']:.2f} | {nf['max_rho']:.2f} |")
-        if np.isfinite(nf["ratio"]) and nf["ratio"] > 0.7:
-            noise_limited.append(label)
+        for kind in ("order", "seed"):
+            nf = results["noise_floor"][kind][k]
+            rel = f"{nf['reliability']:.2f}" if nf["reliability"] >= 0 else "< 0"
+            lines.append(f"| {label} | {kind} | {nf['across_sd']:.4g} | {nf['within_sd']:.4g} ({nf['within_dof']}) | "
+                         f"{nf['ratio']:.2f} | {rel} | {nf['max_rho']:.2f} |")
+            if not (np.isfinite(nf["ratio"]) and nf["ratio"] < 0.7):
+                noise_limited[kind].append(label)
     lines.append("")
-    if noise_limited:
-        lines.append("**The ground truth is noise-limited** for " + ", ".join(noise_limited) + ": re-training the "
-                     "same subset with another seed moves worth about as much as changing the subset, so no score "
-                     "can correlate strongly with it, and a near-zero rho is no evidence against the score.")
+    if noise_limited["order"]:
+        lines.append("**The ground truth is noise-limited** for " + ", ".join(noise_limited["order"]) + ": "
+                     "re-training the same subset in another order moves worth about as much as changing the subset "
+                     "(within / across >= 0.7), so no score can correlate strongly with it there, and a near-zero rho "
+                     "is no evidence against a score.")
     else:
-        lines.append("Within-subset spread is well below across-subset spread: the ground truth resolves subsets.")
+        lines.append("Order noise is well below the across-subset spread for every worth: the ground truth resolves "
+                     "subsets.")
+    if noise_limited["seed"]:
+        lines.append("")
+        lines.append("Seed noise is comparable to the across-subset spread for " + ", ".join(noise_limited["seed"]) +
+                     ": without common random numbers these comparisons would be noise-limited.")
     ro = results["real_only"]
     mean_loss = float(np.mean([w["loss"] for w in results["per_subset"]]))
     mean_auprc = float(np.mean([w["auprc"] for w in results["per_subset"]]))

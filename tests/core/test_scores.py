@@ -22,6 +22,15 @@ from tardiff_common.training.classifier import ClassifierTrainConfig, train_clas
 from tardiff_common.training.diffusion import DiffusionTrainConfig, train_diffusion
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread is fastest and immune to a busy machine's thread contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pool(n=20, length=12, seed=0):
     rng = np.random.default_rng(seed)
     y = (np.arange(n) % 3 == 0).astype(np.int64)
@@ -106,19 +115,13 @@ def tiny_unet_and_schedule():
 
 
 @pytest.fixture(scope="module")
-def trained_unet():
+def trained_unet(one_thread):
     """A tiny U-Net after 20 steps on smooth series (about 0.5 s on one thread)."""
     rng = np.random.default_rng(0)
     x = smooth_series(64, 16, rng)
     y = rng.integers(0, 2, size=64)
     unet, schedule = tiny_unet_and_schedule()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train_diffusion(unet, schedule, x, y, DiffusionTrainConfig(epochs=10, batch_size=32, lr=1e-2, loss="l2"),
-                        seed=0)
-    finally:
-        torch.set_num_threads(threads)
+    train_diffusion(unet, schedule, x, y, DiffusionTrainConfig(epochs=10, batch_size=32, lr=1e-2, loss="l2"), seed=0)
     return unet.eval(), schedule
 
 
