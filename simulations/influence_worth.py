@@ -300,6 +300,34 @@ def run_study(config: RunConfig, *, subsets: int = 40, pool_ratio: float = 2.0, 
             f"AUROC {w['auroc']:.3f} mean I {w['mean_score']['final_influence']:.4g} ({w['fit_seconds']:.1f} s)")
     lap("ground_truth")
 
+    # 5b. extremes: the selection question, head on ------------------------------------------------
+    # For each score, the subset of the same size and label mix made of the highest-scoring pool
+    # records per class vs the lowest-scoring ones vs a random subset, each fitted with the same
+    # ``extreme_seeds`` evaluation seeds; worth differences are paired by seed.
+    extreme_seeds = [int(s) for s in config.evaluation.seeds]
+    per_class = {c: int((pool_y[members[0]] == c).sum()) for c in (0, 1)}
+
+    def extreme_subset(score: np.ndarray, top: bool) -> np.ndarray:
+        picks = []
+        for c, k in per_class.items():
+            idx = np.flatnonzero(pool_y == c)
+            order = idx[np.argsort(-score[idx] if top else score[idx], kind="stable")]
+            picks.append(order[:k])
+        return np.sort(np.concatenate(picks))
+
+    extremes = {}
+    random_runs = [worth_of(train_on(members[0]), data, config, es, str(device)) for es in extreme_seeds]
+    for name in ("final_influence", "trajectory_influence", "typical_influence"):
+        top = [worth_of(train_on(extreme_subset(scores[name], True)), data, config, es, str(device))
+               for es in extreme_seeds]
+        bottom = [worth_of(train_on(extreme_subset(scores[name], False)), data, config, es, str(device))
+                  for es in extreme_seeds]
+        extremes[name] = {k: {"top": [r[k] for r in top], "bottom": [r[k] for r in bottom],
+                              "random": [r[k] for r in random_runs]} for k in ("neg_loss", "auprc", "auroc")}
+        log(f"[extremes] {name}: tuning AUPRC top {np.mean(extremes[name]['auprc']['top']):.3f} / random "
+            f"{np.mean(extremes[name]['auprc']['random']):.3f} / bottom {np.mean(extremes[name]['auprc']['bottom']):.3f}")
+    lap("extremes")
+
     # 6. noise floor -------------------------------------------------------------------------------
     # "seed": the same subset with other evaluation seeds (other initial weights and batch order).
     # "order": the same subset and seed, the training records permuted: identical data and initial
@@ -355,6 +383,8 @@ def run_study(config: RunConfig, *, subsets: int = 40, pool_ratio: float = 2.0, 
                         "min": float(np.min(fit_seconds)), "max": float(np.max(fit_seconds)), "count": len(fit_seconds)},
         "real_only": real_only,
         "correlations": correlations,
+        "extremes": extremes,
+        "extreme_seeds": extreme_seeds,
         "null_band": null_band,
         "noise_floor": noise_floor,
         "noise_runs": noise_runs,
@@ -388,6 +418,13 @@ def _cell(c: dict) -> str:
     return f"{c['rho']:+.2f}{ci}"
 
 
+def _mean_ci_text(values) -> str:
+    from tardiff_common.metrics.summary import mean_ci
+
+    mean, half = mean_ci(list(values))
+    return f"{mean:+.4f} ± {half:.4f}" if np.isfinite(half) else f"{mean:+.4f}"
+
+
 def render(results: dict, command: str) -> str:
     sz, st, fs = results["sizes"], results["study"], results["fit_seconds"]
     lines = ["# Does influence predict worth?", "", f"Command: `{command}`", "",
@@ -415,6 +452,20 @@ def render(results: dict, command: str) -> str:
               "| score | Spearman vs AUROC | Spearman vs -guidance loss |", "|---|---|---|"]
     for name, by_worth in results["correlations"].items():
         lines.append(f"| {name} | {_cell(by_worth['auroc'])} | {_cell(by_worth['neg_guidance_loss'])} |")
+    if results.get("extremes"):
+        lines += ["", "## Top vs bottom vs random subset by score", "",
+                  f"Same size and label mix as the random subsets: the highest-scoring pool records per class (top), "
+                  f"the lowest-scoring (bottom) and random subset 1, each added to the real training split and fitted "
+                  f"with evaluation seeds {results['extreme_seeds']}; mean ± 95 % CI over seeds of the paired "
+                  "differences (tuning split).", "",
+                  "| score | AUPRC top | AUPRC random | AUPRC bottom | top - random AUPRC | top - random -loss |",
+                  "|---|---|---|---|---|---|"]
+        for name, by_worth in results["extremes"].items():
+            a = by_worth["auprc"]
+            d_auprc = np.subtract(a["top"], a["random"])
+            d_loss = np.subtract(by_worth["neg_loss"]["top"], by_worth["neg_loss"]["random"])
+            lines.append(f"| {name} | {np.mean(a['top']):.3f} | {np.mean(a['random']):.3f} | {np.mean(a['bottom']):.3f} | "
+                         f"{_mean_ci_text(d_auprc)} | {_mean_ci_text(d_loss)} |")
     seeds = results["noise_runs"][0]["seeds"] if results["noise_runs"] else []
     lines += ["", "## Noise floor", "",
               f"{len(results['noise_runs'])} subset(s) re-trained (a) with the other evaluation seeds {seeds} "
