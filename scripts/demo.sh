@@ -22,4 +22,10 @@ m = json.load(open(sys.argv[1]))
 print("site-weighted TSTR (and TSRTR) on the hospitals' own test splits (mean over evaluation seeds):")
 for name, s in m["comparison"].items():
     print(f"  {name:38s} AUROC {s['auroc']:.3f}  AUPRC {s['auprc']:.3f}  minority F1 {s['minority_f1']:.3f}")
+sel = m.get("selection") or {}
+print(f"guidance chosen on the sites' tuning splits: {sel.get('chosen', {}).get('label')}")
+print("paired differences (same models, noise and evaluation seeds; mean +/- 95 % CI over evaluation seeds):")
+for name, d in (m.get("paired", {}).get("tsrtr", {}).get("1", {}) | {}).items():
+    print(f"  TSRTR x1 {name:30s} AUPRC {d['auprc']:+.3f} +/- {d['ci95']['auprc']:.3f}  "
+          f"minority F1 {d['minority_f1']:+.3f} +/- {d['ci95']['minority_f1']:.3f}")
 PY

@@ -112,8 +112,9 @@ class ServerRun:
     _last_round: dict[str, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        # per-run score histograms of phases 3b and 4: evaluation seeds x [2, bins] counts
-        self.audit.allow_count_vectors(len(self.config.evaluation.seeds) * 2 * SCORE_BINS)
+        # per-run score histograms of phases 3b and 4: seeds x [2, bins] counts
+        self.audit.allow_count_vectors(len(self.config.evaluation.seeds) * 2 * SCORE_BINS)  # phase 4
+        self.audit.allow_count_vectors(len(self.config.guidance.tuning_seeds) * 2 * SCORE_BINS)  # phase 3b
 
     # ------------------------------------------------------------------ nodes
 

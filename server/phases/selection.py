@@ -48,7 +48,7 @@ def run_selection_phase(run: ServerRun) -> None:
         return
     rows = tuning_rows(run.config)
     replies = run.query("selection", P.TUNE, generator_content(run))
-    seeds = len(run.config.evaluation.seeds)
+    seeds = len(g.tuning_seeds)
     scores = [P.decode_candidate_scores(reply.content[P.METRICS], rows, seeds, SCORE_BINS) for reply in replies]
     selection = selection_from_scores(scores, run.config)
     run.state["selection"] = selection_record(selection)

@@ -94,8 +94,10 @@ class GuidanceConfig:
 
     Selection (``scale = "auto"``): ``candidates`` "<form>:<s>,..." (s = 0 is always added),
     each sampled at ``tuning_ratio`` x the training size and scored on the tuning split by
-    ``select_on`` ("tsrtr" = real + synthetic at ratio 1, "tstr" = synthetic only) AUPRC; the
-    best wins, and a candidate within ``tie_tolerance`` of a smaller scale loses to it."""
+    ``select_on`` ("tsrtr" = real + the candidate set, "tstr" = the set only) AUPRC with the
+    evaluation classifier at ``tuning_seeds``; the best guided candidate wins if it beats
+    unguided by more than a second unguided draw differs from the first plus ``tie_tolerance``
+    (``pipeline.selection``)."""
 
     scale: float | str = AUTO
     form: str = "paper"
@@ -105,6 +107,7 @@ class GuidanceConfig:
     fd_eps: float = 1e-2
     candidates: str = "paper:10,paper:30,normalized:0.3,x0:0.05,x0:0.2,filter:0.25"
     tuning_ratio: float = 0.5
+    tuning_seeds: tuple[int, ...] = (0, 1)
     select_on: str = "tsrtr"
     tie_tolerance: float = 0.0
 
@@ -133,6 +136,8 @@ class GuidanceConfig:
             raise ValueError(f"guidance.select-on must be 'tsrtr' or 'tstr', got {self.select_on!r}")
         if self.tuning_ratio <= 0 or self.tie_tolerance < 0:
             raise ValueError("guidance.tuning-ratio must be > 0 and guidance.tie-tolerance >= 0")
+        if not self.tuning_seeds:
+            raise ValueError("guidance.tuning-seeds needs at least one evaluation seed")
 
     @property
     def auto(self) -> bool:

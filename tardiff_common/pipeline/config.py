@@ -11,7 +11,8 @@ comma-separated strings ("1,2,4,4") and ``None`` as "none" (Flower config values
 Unknown keys raise ``ValueError`` naming the key, so a typo never passes silently.
 
 Presets: ``tiny`` (seconds, for tests), ``default`` (a few CPU minutes), ``paper`` (the
-published model sizes and step counts).
+published model sizes and step counts; the paper's s = 100 is one of its guidance candidates,
+chosen only if it wins on the tuning split).
 """
 
 from __future__ import annotations
@@ -340,7 +341,7 @@ def _paper() -> RunConfig:
         diffusion=DiffusionConfig(schedule="sqrt_linear", num_steps=200),
         diffusion_train=DiffusionTrainConfig(epochs=20, lr=1e-4, batch_size=64),
         sampling=SamplingConfig(num_inference_steps=50),
-        guidance=GuidanceConfig(scale=100.0),
+        guidance=GuidanceConfig(candidates="paper:30,paper:100,normalized:0.3,x0:0.05,x0:0.2,filter:0.25"),
         evaluation=EvaluationConfig(classifier="gru", hidden=256, num_layers=2, epochs=20, seeds=(0, 1, 2),
                                     tsrtr_ratios=(0.2, 0.4, 0.6, 0.8, 1.0)),
         federation=FederationConfig(classifier_rounds=4, diffusion_rounds=20),

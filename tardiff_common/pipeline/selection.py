@@ -7,7 +7,7 @@ computes its part and the server pools the parts:
     site k, for every candidate c in guidance.candidates (s = 0, unguided, always among them):
         D_c  = synthesize(c)                      tuning_ratio x n_train records, one shared noise
         for every evaluation seed r (the same seeds, hence initial weights, for every c):
-            f_{c,r} = evaluation classifier trained on  train_k + D_c   ("tsrtr")  or  D_c ("tstr")
+            f_{c,r} = evaluation classifier (guidance.tuning-seeds) trained on  train_k + D_c   ("tsrtr")  or  D_c ("tstr")
             H_{c,r} = histogram of f_{c,r}(x) over the tuning split by label     [2, bins]
     server:  H_{c,r} = sum_k H^k_{c,r};   AUPRC_c = mean_r AUPRC(H_{c,r})
              noise   = |AUPRC_null - AUPRC_unguided|     (a second unguided draw, "null", scored alike)
@@ -86,7 +86,7 @@ def score_candidates_at_site(
                                   "context_fid": _context_fid(data.train_x, x)}
         for mode, train in training_sets.items():
             row[mode] = []
-            for seed in config.evaluation.seeds:
+            for seed in g.tuning_seeds:
                 model = fit_evaluation_classifier(train, config.evaluation, seed, device=device)
                 p = predict_proba(model, data.tuning_x)
                 row[mode].append(score_histogram(data.tuning_y, p, SCORE_BINS).tolist())

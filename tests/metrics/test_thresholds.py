@@ -99,3 +99,25 @@ def test_select_threshold_rule_is_distance_at_most_tau():
     tau = select_threshold(d, member)
     assert 0.3 <= tau < 5.0
     assert np.array_equal((d <= tau).astype(int), member)
+
+
+def test_common_random_numbers_make_an_identical_set_score_identically():
+    """Every training set is fitted with the same evaluation seeds, so a copy of a set scores
+    exactly like the set, and a set passed twice (the same object) is scored once and copied."""
+    import numpy as np
+
+    from tardiff_common.metrics.utility import evaluate_utility
+    from tardiff_common.pipeline.config import EvaluationConfig
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 2, 8)).astype(np.float32)
+    y = (np.arange(60) % 3 == 0).astype(np.int64)
+    x[y == 1] += 0.7
+    config = EvaluationConfig(classifier="cnn", hidden=4, num_layers=1, epochs=2, seeds=(0, 1),
+                              tsrtr_ratios=(1.0,))
+    synthetic = (x[::-1].copy(), y[::-1].copy())
+    shared = evaluate_utility((x, y), (x, y), {"t": (x, y)}, {"a": synthetic, "b": synthetic}, config)
+    copied = evaluate_utility((x, y), (x, y), {"t": (x, y)},
+                              {"a": synthetic, "b": (synthetic[0].copy(), synthetic[1].copy())}, config)
+    assert copied["tstr"]["a"] == copied["tstr"]["b"] == shared["tstr"]["b"]
+    assert copied["tsrtr"]["b"] == shared["tsrtr"]["b"]
