@@ -35,13 +35,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from tardiff_common.data.loading import load_sites_for
 from tardiff_common.metrics.summary import mean_ci
 from tardiff_common.pipeline.centralized import run_centralized
-from tardiff_common.pipeline.config import RunConfig, preset
+from tardiff_common.pipeline.config import RunConfig
 from tardiff_common.report.run_folder import write_bytes_atomic
+
+from .study_cli import add_config_args, config_from_args
 
 METRICS = ("auroc", "auprc", "minority_f1")
 SETS = ("real", "unguided", "unguided_2", "tardiff")
@@ -243,20 +244,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--seeds", default="0,1,2,3,4")
-    parser.add_argument("--preset", default="default")
-    parser.add_argument("--source", default=None, help="data.source (default: the preset's, the embedded generator)")
-    parser.add_argument("--path", default=None, help="data.path")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--federated", action="store_true", help="also run the federated workflow in-process")
-    parser.add_argument("--threads", type=int, default=1)
+    add_config_args(parser)
     args = parser.parse_args()
-    torch.set_num_threads(max(1, args.threads))
-    overrides = dict(s.split("=", 1) for s in args.set)
-    if args.source:
-        overrides["data.source"] = args.source
-    if args.path:
-        overrides["data.path"] = str(Path(args.path).resolve())
-    base = preset(args.preset).with_overrides(overrides)
+    base = config_from_args(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

@@ -59,31 +59,28 @@ import torch
 from scipy import stats
 
 from tardiff_common.data.loading import load_sites_for
-from tardiff_common.data.normalize import make_normalizer
 from tardiff_common.diffusion.ema import EMA
 from tardiff_common.influence.gradient_sum import GradientSum
 from tardiff_common.influence.scores import final_influence, trajectory_influence, typical_influence, typicality
 from tardiff_common.metrics.classification import binary_scores
 from tardiff_common.metrics.utility import fit_evaluation_classifier
 from tardiff_common.models.classifier import per_example_loss
-from tardiff_common.pipeline.centralized import pool_splits
-from tardiff_common.pipeline.config import RunConfig, derive_seed, preset
+from tardiff_common.pipeline.centralized import pooled_data
+from tardiff_common.pipeline.config import RunConfig, derive_seed
 from tardiff_common.pipeline.phases import (
     classifier_round,
     diffusion_round,
     guidance_sum,
-    local_histogram,
-    local_moments,
     new_classifier,
     new_schedule,
     new_unet,
-    normalize_splits,
-    prepare_splits,
     resolve_device,
     synthesize,
 )
 from tardiff_common.report.run_folder import write_bytes_atomic, write_json_atomic
 from tardiff_common.training.classifier import positive_class_weight, predict_proba
+
+from .study_cli import add_config_args, config_from_args
 
 __all__ = ["run_study", "spearman_with_ci", "stratified_subsets", "main"]
 
@@ -214,13 +211,7 @@ def run_study(config: RunConfig, *, subsets: int = 40, pool_ratio: float = 2.0, 
 
     # 1. pipeline ------------------------------------------------------------------------------
     sites = load_sites_for(config.data)
-    splits = [prepare_splits(site, config) for site in sites]
-    pooled = pool_splits(splits)
-    if len(np.unique(pooled.train.y)) < 2:
-        raise ValueError("the pooled training split has only one class")
-    moments = sum((local_moments(s) for s in splits[1:]), local_moments(splits[0]))
-    histogram = sum((local_histogram(s, moments) for s in splits[1:]), local_histogram(splits[0], moments))
-    data = normalize_splits(pooled, make_normalizer(config.data.normalizer, moments, histogram))
+    _, _, _, data = pooled_data(config, sites)
     n_train = len(data.train_y)
     log(f"[data] {len(sites)} site(s): {n_train} train / {len(data.guidance_y)} guidance / "
         f"{len(data.tuning_y)} tuning records ({int(data.tuning_y.sum())} positive), "
@@ -553,25 +544,15 @@ def write_outputs(results: dict, out: Path, command: str) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--source", default=None, help="data.source (default: the preset's, the embedded generator)")
-    parser.add_argument("--path", default=None, help="data.path")
-    parser.add_argument("--preset", default="default")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_config_args(parser)
     parser.add_argument("--subsets", type=int, default=40)
     parser.add_argument("--pool-ratio", type=float, default=2.0)
     parser.add_argument("--subset-ratio", type=float, default=0.5)
     parser.add_argument("--noise-subsets", type=int, default=2)
     parser.add_argument("--noise-repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0, help="the study's randomness (subsets, random score, noise)")
-    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, args.threads))
-    overrides = dict(s.split("=", 1) for s in args.set)
-    if args.source:
-        overrides["data.source"] = args.source
-    if args.path:
-        overrides["data.path"] = str(Path(args.path).resolve())
-    config = preset(args.preset).with_overrides(overrides)
+    config = config_from_args(args)
     out = Path(args.out)
     if (out / "results.json").exists():
         raise SystemExit(f"{out / 'results.json'} exists; choose another --out (nothing was overwritten)")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..data.contract import SiteData, SiteSplits, concat_sites
-from ..data.normalize import make_normalizer
+from ..data.normalize import Normalizer, make_normalizer
 from ..diffusion.ema import EMA
 from ..influence.gradient_sum import GradientSum
 from ..metrics.paired import paired_tables
@@ -31,6 +31,7 @@ from ..report.run_folder import atomic_run_folder, to_jsonable
 from ..training.classifier import positive_class_weight
 from .config import RunConfig
 from .phases import (
+    NormalizedSplits,
     classifier_round,
     diffusion_round,
     fidelity_of_sets,
@@ -47,7 +48,7 @@ from .phases import (
 from .selection import resolve_guidance, select_guidance, selection_record
 from .timing import PhaseTimer
 
-__all__ = ["run_centralized", "pool_splits"]
+__all__ = ["run_centralized", "pool_splits", "pooled_data"]
 
 
 def pool_splits(splits: list[SiteSplits]) -> SiteSplits:
@@ -57,6 +58,20 @@ def pool_splits(splits: list[SiteSplits]) -> SiteSplits:
         tuning=concat_sites([s.tuning for s in splits], "pooled"),
         test=concat_sites([s.test for s in splits], "pooled"),
     )
+
+
+def pooled_data(config: RunConfig, sites: list[SiteData]) -> tuple[list[SiteSplits], SiteSplits, Normalizer,
+                                                                    NormalizedSplits]:
+    """(per-site splits, pooled splits, normalizer, pooled splits on the model scale): each site
+    split, its training moments and histogram summed as in phase 0, the normalizer fitted on them."""
+    splits = [prepare_splits(site, config) for site in sites]
+    pooled = pool_splits(splits)
+    if len(np.unique(pooled.train.y)) < 2:
+        raise ValueError("the pooled training split has only one class; TarDiff needs both")
+    moments = sum((local_moments(s) for s in splits[1:]), local_moments(splits[0]))
+    histogram = sum((local_histogram(s, moments) for s in splits[1:]), local_histogram(splits[0], moments))
+    normalizer = make_normalizer(config.data.normalizer, moments, histogram)
+    return splits, pooled, normalizer, normalize_splits(pooled, normalizer)
 
 
 def run_centralized(
@@ -75,17 +90,11 @@ def run_centralized(
         raise ValueError(f"run folder {str(out_dir)!r} already exists; choose another --out (nothing was overwritten)")
 
     with timer("data"):
-        splits = [prepare_splits(site, config) for site in sites]
-        pooled = pool_splits(splits)
-        if len(np.unique(pooled.train.y)) < 2:
-            raise ValueError("the pooled training split has only one class; TarDiff needs both")
-        moments = sum((local_moments(s) for s in splits[1:]), local_moments(splits[0]))
-        histogram = sum((local_histogram(s, moments) for s in splits[1:]), local_histogram(splits[0], moments))
-        normalizer = make_normalizer(config.data.normalizer, moments, histogram)
-        data = normalize_splits(pooled, normalizer)
+        splits, pooled, normalizer, data = pooled_data(config, sites)
         per_site = [normalize_splits(s, normalizer) for s in splits]
     log(f"[data] {len(sites)} site(s), {len(data.train_y)} train / {len(data.guidance_y)} guidance / "
-        f"{len(data.test_y)} test records, {data.in_channels} channels x {data.length} steps")
+        f"{len(data.tuning_y)} tuning / {len(data.test_y)} test records, {data.in_channels} channels x "
+        f"{data.length} steps")
 
     with timer("classifier"):
         classifier = new_classifier(config, data.in_channels, device)

@@ -9,23 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from tardiff_common.data.normalize import make_normalizer
 from tardiff_common.data.synthetic import HospitalProfile, SyntheticICUConfig, generate_hospitals
 from tardiff_common.diffusion.ema import EMA
 from tardiff_common.influence.guidance import Candidate
 from tardiff_common.metrics.histogram_auc import SCORE_BINS, score_histogram
-from tardiff_common.pipeline.centralized import pool_splits
+from tardiff_common.pipeline.centralized import pooled_data
 from tardiff_common.pipeline.config import preset
 from tardiff_common.pipeline.phases import (
     classifier_round,
     diffusion_round,
     guidance_sum,
-    local_histogram,
-    local_moments,
     new_classifier,
     new_unet,
-    normalize_splits,
-    prepare_splits,
 )
 from tardiff_common.pipeline.selection import (
     NULL_LABEL,
@@ -97,10 +92,7 @@ def trained():
     torch.manual_seed(0)
     config = preset("tiny").with_overrides({"evaluation.seeds": "0", "guidance.tuning-ratio": 0.5})
     sites = generate_hospitals(SyntheticICUConfig(length=16, profiles=(HospitalProfile("a", 240, 0.25),)))
-    splits = [prepare_splits(s, config) for s in sites]
-    moments = local_moments(splits[0])
-    normalizer = make_normalizer(config.data.normalizer, moments, local_histogram(splits[0], moments))
-    data = normalize_splits(pool_splits(splits), normalizer)
+    _, _, _, data = pooled_data(config, sites)
     device = torch.device("cpu")
     classifier = new_classifier(config, data.in_channels, device)
     for r in (1, 2):
@@ -130,9 +122,9 @@ def test_site_scores_are_counts_of_the_tuning_split(trained):
     for row in scores.values():
         for mode in ("tsrtr", "tstr"):
             counts = np.asarray(row[mode])
-            assert counts.shape == (len(config.evaluation.seeds), 2, SCORE_BINS)
-            assert counts[:, 1].sum(axis=1).tolist() == [int(data.tuning_y.sum())] * len(config.evaluation.seeds)
-            assert counts.sum(axis=(1, 2)).tolist() == [len(data.tuning_y)] * len(config.evaluation.seeds)
+            assert counts.shape == (len(config.guidance.tuning_seeds), 2, SCORE_BINS)
+            assert counts[:, 1].sum(axis=1).tolist() == [int(data.tuning_y.sum())] * len(config.guidance.tuning_seeds)
+            assert counts.sum(axis=(1, 2)).tolist() == [len(data.tuning_y)] * len(config.guidance.tuning_seeds)
 
 
 def test_useless_guidance_is_not_chosen(trained):
