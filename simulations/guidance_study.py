@@ -245,6 +245,8 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--federated", action="store_true", help="also run the federated workflow in-process")
+    parser.add_argument("--render-only", action="store_true",
+                        help="run nothing: tabulate the seeds whose runs are all finished")
     add_config_args(parser)
     args = parser.parse_args()
     base = config_from_args(args)
@@ -252,11 +254,14 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     metrics_by_seed, rows = {}, []
+    runs = ["centralized"] + (["federated"] if args.federated else [])
     for seed in seeds:
+        if args.render_only and not all((out / f"seed{seed}" / run / "metrics.json").exists() for run in runs):
+            print(f"seed {seed}: not finished, left out", flush=True)
+            continue
         metrics_by_seed[seed] = run_seed(base, seed, out, args.federated, log=lambda m: print(m, flush=True))
         for run, metrics in metrics_by_seed[seed].items():
             rows += rows_of(seed, run, metrics)
-    runs = ["centralized"] + (["federated"] if args.federated else [])
     command = "python -m simulations.guidance_study " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["seed", "run", "view", "protocol", "set", "metric", "value"])
