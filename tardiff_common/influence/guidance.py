@@ -96,8 +96,9 @@ class GuidanceConfig:
     each sampled at ``tuning_ratio`` x the training size and scored on the tuning split by
     ``select_on`` ("tsrtr" = real + the candidate set, "tstr" = the set only) AUPRC with the
     evaluation classifier at ``tuning_seeds``; the best guided candidate wins if it beats
-    unguided by more than a second unguided draw differs from the first plus ``tie_tolerance``
-    (``pipeline.selection``)."""
+    unguided by more than a second unguided draw differs from the first plus ``tie_tolerance``,
+    among the candidates whose Context-FID (against the training records) is at most
+    ``max_fid_ratio`` x unguided's (0 = no fidelity constraint) (``pipeline.selection``)."""
 
     scale: float | str = AUTO
     form: str = "paper"
@@ -110,6 +111,7 @@ class GuidanceConfig:
     tuning_seeds: tuple[int, ...] = (0, 1)
     select_on: str = "tsrtr"
     tie_tolerance: float = 0.0
+    max_fid_ratio: float = 2.0
 
     def __post_init__(self) -> None:
         if self.form not in GUIDANCE_FORMS:
@@ -134,8 +136,8 @@ class GuidanceConfig:
         parse_candidates(self.candidates)
         if self.select_on not in ("tsrtr", "tstr"):
             raise ValueError(f"guidance.select-on must be 'tsrtr' or 'tstr', got {self.select_on!r}")
-        if self.tuning_ratio <= 0 or self.tie_tolerance < 0:
-            raise ValueError("guidance.tuning-ratio must be > 0 and guidance.tie-tolerance >= 0")
+        if self.tuning_ratio <= 0 or self.tie_tolerance < 0 or self.max_fid_ratio < 0:
+            raise ValueError("guidance.tuning-ratio must be > 0, guidance.tie-tolerance and guidance.max-fid-ratio >= 0")
         if not self.tuning_seeds:
             raise ValueError("guidance.tuning-seeds needs at least one evaluation seed")
 

@@ -11,8 +11,9 @@ computes its part and the server pools the parts:
             H_{c,r} = histogram of f_{c,r}(x) over the tuning split by label     [2, bins]
     server:  H_{c,r} = sum_k H^k_{c,r};   AUPRC_c = mean_r AUPRC(H_{c,r})
              noise   = |AUPRC_null - AUPRC_unguided|     (a second unguided draw, "null", scored alike)
-             choice  = the guided candidate with the best AUPRC_c if it beats unguided by more than
-                       noise + tie_tolerance, else unguided (s = 0)
+             choice  = among the guided candidates with Context-FID_c <= max_fid_ratio x unguided's,
+                       the best AUPRC_c if it beats unguided by more than noise + tie_tolerance,
+                       else unguided (s = 0)
 
 The null draw measures, on this very tuning split, how much two samples of the *same* generator
 differ; a guided candidate has to beat unguided by more than that, so a guidance that cannot
@@ -135,15 +136,25 @@ def pool_candidate_scores(site_scores: list[dict[str, dict]]) -> dict[str, dict]
     return pooled
 
 
-def choose_candidate(pooled: dict[str, dict], select_on: str = "tsrtr", tie_tolerance: float = 0.0) -> Candidate:
+def choose_candidate(pooled: dict[str, dict], select_on: str = "tsrtr", tie_tolerance: float = 0.0,
+                     max_fid_ratio: float = 0.0) -> Candidate:
     """The guided candidate with the best pooled tuning AUPRC if it beats unguided by more than
     the noise floor |null - unguided| (when the table has a null row) plus ``tie_tolerance``;
-    else unguided. Among guided candidates a tie goes to the smaller scale; NaNs never win."""
+    else unguided. Only candidates whose Context-FID is at most ``max_fid_ratio`` x unguided's
+    are eligible (0 = no constraint): a set far off the data manifold is not chosen on a lucky
+    tuning score. Among guided candidates a tie goes to the smaller scale; NaNs never win."""
     key = f"{select_on}_auprc"
     unguided = next(r for label, r in pooled.items() if label != NULL_LABEL and r["scale"] == 0)
     null = pooled.get(NULL_LABEL)
     noise = abs(null[key] - unguided[key]) if null is not None and np.isfinite(null[key]) else 0.0
-    guided = sorted((r for label, r in pooled.items() if label != NULL_LABEL and r["scale"] > 0 and np.isfinite(r[key])),
+    fid_limit = max_fid_ratio * unguided.get("context_fid", np.nan)
+
+    def eligible(r: dict) -> bool:
+        if not np.isfinite(r[key]):
+            return False
+        return not (max_fid_ratio > 0 and np.isfinite(fid_limit) and not r.get("context_fid", np.inf) <= fid_limit)
+
+    guided = sorted((r for label, r in pooled.items() if label != NULL_LABEL and r["scale"] > 0 and eligible(r)),
                     key=lambda r: (-r[key], r["scale"]))
     if guided and (not np.isfinite(unguided[key]) or guided[0][key] > unguided[key] + noise + tie_tolerance):
         return Candidate(guided[0]["form"], float(guided[0]["scale"]))
@@ -181,7 +192,7 @@ def selection_from_scores(site_scores: list[dict[str, dict]], config: RunConfig)
     """Pool the sites' candidate scores and choose (see ``select_guidance``)."""
     g = config.guidance
     table = pool_candidate_scores(site_scores)
-    chosen = choose_candidate(table, g.select_on, g.tie_tolerance)
+    chosen = choose_candidate(table, g.select_on, g.tie_tolerance, g.max_fid_ratio)
     key = f"{g.select_on}_auprc"
     ranking = ", ".join(f"{label} {row[key]:.3f}" for label, row in table.items())
     return {"mode": "auto", "chosen": chosen, "select_on": g.select_on, "table": table,

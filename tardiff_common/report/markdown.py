@@ -69,8 +69,9 @@ def _selection_section(selection: dict) -> list[str]:
     mode = str(selection.get("select_on", "tsrtr"))
     lines += [f"Chosen on the tuning split (never the test split or the guidance set): **`{chosen.get('label')}`**. "
               f"Rule: the guided candidate with the best pooled tuning {mode.upper()} AUPRC wins if it beats unguided "
-              "by more than a second unguided draw (the null row) differs from the first; otherwise unguided (s = 0). "
-              "Context-FID against the training records (0 best).", "",
+              "by more than a second unguided draw (the null row) differs from the first, among the candidates whose "
+              "Context-FID (against the training records, 0 best) is at most guidance.max-fid-ratio x unguided's; "
+              "otherwise unguided (s = 0).", "",
               "| candidate | mean influence | Context-FID | TSRTR AUPRC | TSRTR AUROC | TSTR AUPRC | TSTR AUROC |",
               "|---|---|---|---|---|---|---|"]
 

@@ -70,6 +70,18 @@ def test_choice_rule_needs_a_gain_beyond_the_null_draw():
     assert choose_candidate(table) == Candidate("x0", 0.2)
 
 
+def test_choice_rule_excludes_candidates_off_the_data_manifold():
+    table = {
+        "unguided": {"form": "paper", "scale": 0.0, "tsrtr_auprc": 0.30, "context_fid": 3.0},
+        "paper:30": {"form": "paper", "scale": 30.0, "tsrtr_auprc": 0.40, "context_fid": 28.0},
+        "x0:0.05": {"form": "x0", "scale": 0.05, "tsrtr_auprc": 0.35, "context_fid": 5.0},
+    }
+    assert choose_candidate(table) == Candidate("paper", 30.0)  # no constraint
+    assert choose_candidate(table, max_fid_ratio=2.0) == Candidate("x0", 0.05)
+    table["x0:0.05"]["context_fid"] = 7.0
+    assert choose_candidate(table, max_fid_ratio=2.0) == Candidate("paper", 0.0)
+
+
 class _Poison(np.ndarray):
     """An array that fails on any read: stands in for the test split during selection."""
 
