@@ -8,7 +8,9 @@ Phase 0  normalization : local_moments / local_histogram  -> merged -> make_norm
 Phase 1  classifier    : classifier_round (local epochs of f_theta from the global weights)
 Phase 2  influence     : guidance_sum -> G_k = sum_i grad_theta L(z_i) over the guidance split
 Phase 3  diffusion     : diffusion_round (local epochs of eps_phi, EMA carried along)
-Phase 4  generation    : synthesize (guided and unguided) + evaluate (TSTR / TSRTR)
+Phase 3b selection     : ``pipeline.selection`` scores the guidance candidates on the tuning split
+Phase 4  generation    : synthesize (unguided, a second unguided draw, the chosen guidance)
+                         + evaluate (TSTR / TSRTR on the test split, F1 threshold on the tuning split)
 
 Privacy (``config.privacy``, see ``tardiff_common.privacy``): ``classifier_round`` and
 ``diffusion_round`` take an optional ``DPTrainingSession`` (``dp_session``), and
