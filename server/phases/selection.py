@@ -16,9 +16,8 @@ from __future__ import annotations
 from flwr.app import ConfigRecord, RecordDict
 
 from client import protocol as P
-from tardiff_common.influence.guidance import Candidate
 from tardiff_common.metrics.histogram_auc import SCORE_BINS
-from tardiff_common.pipeline.selection import selection_from_scores, selection_record, tuning_rows
+from tardiff_common.pipeline.selection import fixed_selection, selection_from_scores, selection_record, tuning_rows
 
 from ..run import ServerRun
 from .normalization import normalizer_record
@@ -42,9 +41,9 @@ def generator_content(run: ServerRun, config: dict | None = None) -> RecordDict:
 def run_selection_phase(run: ServerRun) -> None:
     g = run.config.guidance
     if not g.auto:
-        fixed = {"mode": "fixed", "select_on": g.select_on, "table": {}, "chosen": Candidate(g.form, float(g.scale))}
+        fixed = fixed_selection(run.config)
         run.state["selection"] = selection_record(fixed)
-        run.log(f"[selection] guidance fixed at {fixed['chosen'].label} (no selection)")
+        run.log(f"[selection] {fixed['summary']}")
         return
     rows = tuning_rows(run.config)
     replies = run.query("selection", P.TUNE, generator_content(run))

@@ -34,7 +34,8 @@ from torch import nn
 
 from ..influence.guidance import Candidate
 from ..metrics.context_fid import context_fid
-from ..metrics.histogram_auc import SCORE_BINS, auprc_from_histogram, auroc_from_histogram, score_histogram
+from ..metrics.histogram_auc import SCORE_BINS, score_histogram
+from ..metrics.pooling import pooled_summary
 from ..metrics.utility import fit_evaluation_classifier
 from ..models.unet1d import UNet1D
 from ..training.classifier import predict_proba
@@ -49,6 +50,7 @@ __all__ = [
     "pool_candidate_scores",
     "choose_candidate",
     "select_guidance",
+    "fixed_selection",
     "selection_from_scores",
     "selection_record",
     "resolve_guidance",
@@ -120,18 +122,15 @@ def pool_candidate_scores(site_scores: list[dict[str, dict]]) -> dict[str, dict]
     pooled: dict[str, dict] = {}
     for label in labels:
         rows = [s[label] for s in site_scores]
+        fids = [r.get("context_fid", np.nan) for r in rows]
         out = {"form": rows[0]["form"], "scale": float(rows[0]["scale"]),
                "influence": float(np.mean([r["influence"] for r in rows])),
-               "context_fid": float(np.nanmean([r.get("context_fid", np.nan) for r in rows]))
-               if np.isfinite([r.get("context_fid", np.nan) for r in rows]).any() else float("nan")}
+               "context_fid": float(np.nanmean(fids)) if np.isfinite(fids).any() else float("nan")}
         for mode in SELECT_MODES:
-            seeds = len(rows[0][mode])
-            totals = [sum(np.asarray(r[mode][k], dtype=np.int64) for r in rows) for k in range(seeds)]
-            auprc = [auprc_from_histogram(h) for h in totals]
-            out[f"{mode}_auprc_runs"] = auprc
-            out[f"{mode}_auprc"] = float(np.nanmean(auprc)) if np.isfinite(auprc).any() else float("nan")
-            auroc = [auroc_from_histogram(h) for h in totals]
-            out[f"{mode}_auroc"] = float(np.nanmean(auroc)) if np.isfinite(auroc).any() else float("nan")
+            summary = pooled_summary([{"histograms": r[mode]} for r in rows], SCORE_BINS)
+            out[f"{mode}_auprc_runs"] = summary["values"]["auprc"]
+            out[f"{mode}_auprc"] = summary["auprc"]
+            out[f"{mode}_auroc"] = summary["auroc"]
         pooled[label] = out
     return pooled
 
@@ -178,14 +177,19 @@ def select_guidance(
     """The guidance setting to generate with: ``config.guidance`` itself when its scale is a
     number ("fixed"), else the candidate chosen on the pooled tuning splits of ``sites`` ("auto").
     Returns {"mode", "chosen": Candidate, "select_on", "table": pooled scores, "summary": text}."""
-    g = config.guidance
-    if not g.auto:
-        chosen = Candidate(g.form, float(g.scale))
-        return {"mode": "fixed", "chosen": chosen, "select_on": g.select_on, "table": {},
-                "summary": f"guidance fixed at {chosen.label} (no selection)"}
+    if not config.guidance.auto:
+        return fixed_selection(config)
     scores = [score_candidates_at_site(unet, classifier, direction, data, config, site_index=i, progress=progress)
               for i, data in enumerate(sites)]
     return selection_from_scores(scores, config)
+
+
+def fixed_selection(config: RunConfig) -> dict:
+    """The ``select_guidance`` result of a numeric ``guidance.scale``: that setting, no table."""
+    g = config.guidance
+    chosen = Candidate(g.form, float(g.scale))
+    return {"mode": "fixed", "chosen": chosen, "select_on": g.select_on, "table": {},
+            "summary": f"guidance fixed at {chosen.label} (no selection)"}
 
 
 def selection_from_scores(site_scores: list[dict[str, dict]], config: RunConfig) -> dict:
