@@ -1,7 +1,10 @@
 """Downstream classifiers f_theta: [B, C, L] -> one logit [B].
 
-* ``GRUClassifier`` — the paper code's bidirectional GRU (2 layers, hidden 256); the
-  concatenated final hidden states of the last layer feed a linear head. ``rnn="opacus"``
+* ``GRUClassifier`` — a bidirectional GRU; ``readout="final"`` feeds the concatenated final
+  hidden states of the last layer (forward after step L, backward after step 1) to a linear
+  head; ``readout="last_step"`` feeds the last layer's output at the last time step (forward
+  after step L, backward after step L only), as the public TarDiff code's ``RNNClassifier``
+  does (``ClassifierConfig.paper()``: 2 layers, hidden 256, dropout 0.2 between layers). ``rnn="opacus"``
   swaps ``torch.nn.GRU`` for Opacus' ``DPGRU`` (same parameter names and shapes, built from
   Linear layers) so per-sample gradients exist for differential privacy.
 * ``ConvClassifier`` — a small temporal CNN (dilated Conv1d + GELU, global average and max
@@ -19,14 +22,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ClassifierConfig", "GRUClassifier", "ConvClassifier", "build_classifier", "CLASSIFIERS"]
+__all__ = ["ClassifierConfig", "GRUClassifier", "ConvClassifier", "build_classifier", "CLASSIFIERS", "READOUTS"]
 
 CLASSIFIERS = ("gru", "cnn")
+READOUTS = ("final", "last_step")
 
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    """``kind`` in {"gru", "cnn"}; ``paper()`` is the public code's BiGRU."""
+    """``kind`` in {"gru", "cnn"}; ``readout`` (GRU only) in {"final", "last_step"};
+    ``paper()`` is the public code's BiGRU."""
 
     kind: str = "gru"
     hidden: int = 64
@@ -34,25 +39,29 @@ class ClassifierConfig:
     bidirectional: bool = True
     dropout: float = 0.0
     rnn: str = "torch"
+    readout: str = "final"
 
     def __post_init__(self) -> None:
         if self.kind not in CLASSIFIERS:
             raise ValueError(f"unknown classifier {self.kind!r}; choose one of {CLASSIFIERS}")
         if self.rnn not in ("torch", "opacus"):
             raise ValueError(f"rnn must be 'torch' or 'opacus', got {self.rnn!r}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
         if self.hidden < 1 or self.num_layers < 1:
             raise ValueError("hidden and num_layers must be positive")
 
     @classmethod
     def paper(cls) -> ClassifierConfig:
-        return cls(kind="gru", hidden=256, num_layers=2, bidirectional=True)
+        return cls(kind="gru", hidden=256, num_layers=2, bidirectional=True, dropout=0.2, readout="last_step")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 class GRUClassifier(nn.Module):
-    """Bidirectional GRU over time; logit = Linear([h_fwd_T, h_bwd_0]) of the last layer."""
+    """GRU over time; logit = Linear([h_fwd_L, h_bwd_1]) of the last layer (``readout="final"``)
+    or Linear(output at step L) (``readout="last_step"``)."""
 
     def __init__(self, in_channels: int, config: ClassifierConfig):
         super().__init__()
@@ -71,9 +80,12 @@ class GRUClassifier(nn.Module):
         directions = 2 if config.bidirectional else 1
         self.directions = directions
         self.head = nn.Linear(directions * config.hidden, 1)
+        self.readout = config.readout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, h_n = self.rnn(x.transpose(1, 2))  # h_n [layers * directions, B, hidden]
+        out, h_n = self.rnn(x.transpose(1, 2))  # out [B, L, directions * hidden]; h_n [layers * directions, B, hidden]
+        if self.readout == "last_step":
+            return self.head(out[:, -1]).squeeze(-1)
         last = h_n[-self.directions :].transpose(0, 1).reshape(x.shape[0], self.head.in_features)
         return self.head(last).squeeze(-1)
 
