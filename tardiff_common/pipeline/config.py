@@ -10,9 +10,10 @@ how ``tardiff centralized --set guidance.scale=50`` overrides a value. Tuples ar
 comma-separated strings ("1,2,4,4") and ``None`` as "none" (Flower config values are scalars).
 Unknown keys raise ``ValueError`` naming the key, so a typo never passes silently.
 
-Presets: ``tiny`` (seconds, for tests), ``default`` (a few CPU minutes), ``paper`` (the
-published model sizes and step counts; the paper's s = 100 is one of its guidance candidates,
-chosen only if it wins on the tuning split).
+Presets: ``tiny`` (seconds, for tests), ``default`` (a few CPU minutes), ``paper`` (the public
+code's U-Net and GRU classifier and the paper's step counts; the paper's s = 100 is one of its
+guidance candidates, chosen only if it wins on the tuning split), ``paper-small`` (``paper``
+with a lighter U-Net).
 """
 
 from __future__ import annotations
@@ -333,6 +334,7 @@ def _tiny() -> RunConfig:
 
 
 def _paper() -> RunConfig:
+    """The public code's U-Net (22.6 M parameters) and GRU classifier, the paper's step counts."""
     return RunConfig(
         data=DataConfig(length=288),
         classifier=ClassifierConfig.paper(),
@@ -348,7 +350,12 @@ def _paper() -> RunConfig:
     )
 
 
-PRESETS = {"tiny": _tiny, "default": RunConfig, "paper": _paper}
+def _paper_small() -> RunConfig:
+    """``paper`` with a lighter U-Net of the same depth (13.2 M parameters, ``UNet1DConfig.paper_small``)."""
+    return replace(_paper(), unet=UNet1DConfig.paper_small(3))
+
+
+PRESETS = {"tiny": _tiny, "default": RunConfig, "paper": _paper, "paper-small": _paper_small}
 
 
 def preset(name: str) -> RunConfig:
