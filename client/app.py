@@ -1,4 +1,4 @@
-"""The hospital's Flower ClientApp: one handler per phase step (see ``client.protocol``).
+"""The hospital's Flower ClientApp: one handler per phase step (see ``tardiff_common.protocol``).
 
 Each handler turns the server's message into calls of ``tardiff_common.pipeline.phases`` on
 this site's records and answers with parameters, sums, counts or metrics only. Synthetic
@@ -30,7 +30,7 @@ from flwr.clientapp import ClientApp
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 
-from tardiff_common.data.normalize import ChannelMoments
+from tardiff_common import protocol as P
 from tardiff_common.diffusion.ema import EMA
 from tardiff_common.influence.gradient_sum import GradientSum
 from tardiff_common.influence.guidance import Candidate
@@ -43,7 +43,6 @@ from tardiff_common.privacy.plan import SitePlan, plan_site
 from tardiff_common.report.run_folder import write_npz_atomic
 from tardiff_common.serialization import load_module_numpy, module_to_numpy, normalizer_from_numpy
 
-from . import protocol as P
 from .site import Site, load_site
 
 # torch.func's forward-mode decompositions still use torch.jit.script internally
@@ -195,7 +194,7 @@ def stats(msg: Message, context: Context) -> Message:
     return _reply(
         msg,
         **{
-            P.MOMENTS: P.to_array_record(dict(zip(("count", "total", "total_sq"), moments.to_arrays()))),
+            P.MOMENTS: P.moments_record(moments),
             P.METRICS: MetricRecord({**counts, "missing-fraction": list(summary["missing_fraction"].values())}),
             P.SITE: ConfigRecord({"name": site.name, "index": site.index,
                                   "channels": list(site.splits.train.channels)}),
@@ -207,10 +206,9 @@ def stats(msg: Message, context: Context) -> Message:
 def histogram(msg: Message, context: Context) -> Message:
     """Counts of training values on the grid fixed by the global moments."""
     site = load_site(context)
-    arrays = P.from_array_record(msg.content[P.MOMENTS])
-    global_moments = ChannelMoments.from_arrays([arrays["count"], arrays["total"], arrays["total_sq"]])
+    global_moments = P.moments_from_record(msg.content[P.MOMENTS])
     hist = phases.local_histogram(site.splits, global_moments)
-    return _reply(msg, **{P.HIST: P.to_array_record({"counts": hist.counts}),
+    return _reply(msg, **{P.HIST: P.histogram_record(hist.counts),
                           P.METRICS: MetricRecord({"num-examples": len(site.splits.train.y)}),
                           P.SITE: _site_record(site)})
 
@@ -253,8 +251,9 @@ def influence(msg: Message, context: Context) -> Message:
     model = _classifier(site, P.from_array_record(msg.content[P.CLASSIFIER]))
     _restore_ledger(site, context, _spent(msg))
     g_sum, extra = _site_gradient_sum(site, context, data, model)
-    return _reply(msg, **{P.GRADIENT: P.to_array_record({"sum": g_sum.to_numpy()}),
-                          P.METRICS: MetricRecord({"count": g_sum.count, **P.flatten_metrics(extra)}),
+    gradient, count = P.gradient_sum_content(g_sum)
+    return _reply(msg, **{P.GRADIENT: gradient,
+                          P.METRICS: MetricRecord({**count, **P.flatten_metrics(extra)}),
                           P.SITE: _site_record(site)})
 
 
@@ -292,18 +291,6 @@ def secure_influence(msg: Message, context: Context) -> Message:
 # ----------------------------------------------------------------------------- phase 3
 
 
-def split_diffusion_arrays(arrays: dict[str, np.ndarray]) -> tuple[dict, dict]:
-    """One ArrayRecord carries both weight sets ("model.<name>", "ema.<name>") so FedAvg
-    averages them key by key; split them back."""
-    model = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
-    ema = {k[len("ema."):]: v for k, v in arrays.items() if k.startswith("ema.")}
-    return model, ema
-
-
-def join_diffusion_arrays(model: dict[str, np.ndarray], ema: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {**{f"model.{k}": v for k, v in model.items()}, **{f"ema.{k}": v for k, v in ema.items()}}
-
-
 @app.train("diffusion")
 @_refusals
 def train_diffusion(msg: Message, context: Context) -> Message:
@@ -312,7 +299,7 @@ def train_diffusion(msg: Message, context: Context) -> Message:
     site = load_site(context)
     data = _normalized(site, msg)
     config = P.config_from_record(msg.content[P.CONFIG])
-    model_arrays, ema_arrays = split_diffusion_arrays(P.from_array_record(msg.content[P.ARRAYS]))
+    model_arrays, ema_arrays = P.split_diffusion_arrays(P.from_array_record(msg.content[P.ARRAYS]))
     unet = phases.new_unet(site.config, data.in_channels, site.device)
     load_module_numpy(unet, model_arrays, what="U-Net")
     ema = EMA(unet, site.config.diffusion_train.ema_decay)
@@ -322,7 +309,7 @@ def train_diffusion(msg: Message, context: Context) -> Message:
     session = _dp_session(site, context, "diffusion", server_round)
     stats = phases.diffusion_round(unet, ema, data, site.config, server_round=server_round,
                                    site_index=site.index, **({"privacy": session} if session else {}))
-    arrays = join_diffusion_arrays(module_to_numpy(unet), module_to_numpy(ema.shadow))
+    arrays = P.join_diffusion_arrays(module_to_numpy(unet), module_to_numpy(ema.shadow))
     metrics = {"num-examples": len(data.train_y), "loss": stats["loss"]}
     if session:
         metrics.update(P.flatten_metrics(_record(site, context, session.entries, "diffusion")))
@@ -339,7 +326,7 @@ def _generator_models(site: Site, msg: Message, in_channels: int):
     unet = phases.new_unet(site.config, in_channels, site.device)
     load_module_numpy(unet, P.from_array_record(msg.content[P.ARRAYS]), what="U-Net EMA")
     classifier = _classifier(site, P.from_array_record(msg.content[P.CLASSIFIER]))
-    direction = torch.as_tensor(P.from_array_record(msg.content[P.DIRECTION])["g"])
+    direction = torch.as_tensor(P.direction_from_record(msg.content[P.DIRECTION]))
     return unet, classifier, direction
 
 

@@ -5,7 +5,7 @@ array, and it checks that nothing in it is *record-shaped*:
 
 * parameter records must have exactly the names and shapes the server sent out (a weight
   matrix may happen to have a record count as a dimension; its shape is the server's own);
-  packed weights (``client.protocol``) are one flat vector per dtype, so a packed record must
+  packed weights (``tardiff_common.protocol``) are one flat vector per dtype, so a packed record must
   hold exactly those vectors, of exactly the lengths of the server's index: an extra array in
   it (record-shaped or not) is refused, as is any length change;
 * any other array or metric list must not have a dimension equal to one of the sender's

@@ -35,7 +35,7 @@ from collections.abc import Iterable
 
 from flwr.app import Message, RecordDict
 
-from client import protocol as P
+from tardiff_common import protocol as P
 from tardiff_common.privacy.accounting import BUDGET_MARKER
 from tardiff_common.report.run_folder import write_json_atomic
 

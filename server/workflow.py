@@ -31,7 +31,7 @@ from pathlib import Path
 from flwr.app import ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
-from client import protocol as P
+from tardiff_common import protocol as P
 from tardiff_common.pipeline.config import RunConfig
 from tardiff_common.report.run_folder import write_json_atomic
 

@@ -1,7 +1,7 @@
 """Framework-neutral (de)serialization: modules, normalizers and nested metrics as flat
 ``{name: numpy array}`` / ``{name: number}`` dictionaries.
 
-These are what travel in messages (wrapped in Flower records by ``client.protocol``) and what
+These are what travel in messages (wrapped in Flower records by ``tardiff_common.protocol``) and what
 checkpoints hold. Loading validates names and shapes and raises ``ValueError`` naming the
 offending entry, so a message from a mismatched model never loads silently.
 """

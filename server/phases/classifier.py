@@ -3,7 +3,7 @@
 The server initializes f_theta with the run seed (the same weights the centralized pipeline
 starts from), each round every site trains ``classifier-train.epochs`` local epochs from the
 global weights, and Flower's strategy averages the replies weighted by training records
-(in site-name order). The weights travel packed (``client.protocol``: one flat vector + index).
+(in site-name order). The weights travel packed (``tardiff_common.protocol``: one flat vector + index).
 With ``privacy.dp-sgd-classifier`` the local epochs are DP-SGD at each site; sites over their
 privacy budget refuse and are handled by ``server.privacy`` (stop, or drop the site).
 A resumed run continues after the last checkpointed round from the saved global weights.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from client import protocol as P
+from tardiff_common import protocol as P
 from tardiff_common.pipeline.phases import new_classifier
 from tardiff_common.privacy.plan import validate_privacy_run
 from tardiff_common.serialization import module_to_numpy

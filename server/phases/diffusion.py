@@ -1,7 +1,7 @@
 """Phase 3: FedAvg (or FedProx) of the conditional U-Net eps_phi for ``diffusion-rounds``.
 
 The U-Net and its EMA travel together in one ArrayRecord ("model.<name>", "ema.<name>",
-packed into one flat vector + index, ``client.protocol``) so the strategy averages both; each
+packed into one flat vector + index, ``tardiff_common.protocol``) so the strategy averages both; each
 site continues the global EMA during its local epochs. Replies are averaged in site-name order.
 With ``privacy.dp-sgd-diffusion`` the local epochs are DP-SGD (the EMA of DP weights is
 post-processing); budget refusals are handled by ``server.privacy``. A resumed run continues
@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from client import protocol as P
-from client.app import join_diffusion_arrays
+from tardiff_common import protocol as P
 from tardiff_common.pipeline.phases import new_unet
 from tardiff_common.serialization import module_to_numpy
 
@@ -27,4 +26,4 @@ def run_diffusion_phase(run: ServerRun) -> None:
     cfg = run.config
     init = module_to_numpy(new_unet(cfg, run.num_channels, torch.device("cpu")))
     run_fedavg_rounds(run, phase="diffusion", message_type=P.TRAIN_DIFFUSION, state_key="unet",
-                      initial=join_diffusion_arrays(init, init), rounds=cfg.federation.diffusion_rounds)
+                      initial=P.join_diffusion_arrays(init, init), rounds=cfg.federation.diffusion_rounds)

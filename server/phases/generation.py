@@ -5,7 +5,7 @@ The server broadcasts the EMA U-Net, theta*, g and the normalizer; each site sam
 own disk, trains downstream classifiers on them (TSTR) and on its real records (+ synthetic,
 TSRTR), scores them on its own test split and returns the scores. The server pools the
 per-seed scores weighted by test-split size (``weighted_summary``). The U-Net and classifier
-travel packed (``client.protocol``); with DP the message also lists the DP operations
+travel packed (``tardiff_common.protocol``); with DP the message also lists the DP operations
 dispatched to the site (``protocol.PRIVACY_SPENT``), for a site whose ledger was lost.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from client import protocol as P
+from tardiff_common import protocol as P
 from tardiff_common.metrics.histogram_auc import SCORE_BINS
 from tardiff_common.metrics.paired import paired_tables
 from tardiff_common.metrics.pooling import pooled_summary

@@ -14,11 +14,10 @@ Privacy options (docs/PRIVACY.md):
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from flwr.app import Message, RecordDict
 
-from client import protocol as P
+from tardiff_common import protocol as P
 from tardiff_common.influence.gradient_sum import GradientSum
 from tardiff_common.pipeline.phases import new_classifier
 from tardiff_common.serialization import unflatten_metrics
@@ -45,9 +44,9 @@ def run_influence_phase(run: ServerRun) -> None:
         G, num_sites = _secure_gradient_sum(run, classifier, num_params)
     else:
         G, num_sites = _plain_gradient_sum(run, classifier, num_params)
-    run.state["gradient_sum"] = {"sum": G.to_numpy()}
+    run.state["gradient_sum"] = {P.GRADIENT_SUM_KEY: G.to_numpy()}
     run.state["guidance_records"] = G.count
-    run.state["direction"] = {"g": G.direction().numpy()}
+    run.state["direction"] = {P.DIRECTION_KEY: G.direction().numpy()}
     run.log(f"[influence] G over {G.count} guidance records from {num_sites} sites, ||G|| = {float(G.total.norm()):.4g}")
     run.checkpoint("influence", 0)
 
@@ -56,12 +55,8 @@ def _plain_gradient_sum(run: ServerRun, classifier: dict, num_params: int) -> tu
     content = RecordDict({P.CLASSIFIER: P.to_packed_record(classifier), P.NORMALIZER: normalizer_record(run)})
     messages = [Message(content, dst_node_id=n, message_type=P.INFLUENCE, group_id=f"{P.INFLUENCE}-0")
                 for n in active_nodes(run)]
-    replies = send_private(run, "influence", 0, messages, expected_arrays={P.GRADIENT: {"sum": (num_params,)}})
-    parts = []
-    for reply in replies:
-        total = P.from_array_record(reply.content[P.GRADIENT])["sum"]
-        parts.append(GradientSum(torch.as_tensor(np.asarray(total, dtype=np.float64)),
-                                 int(reply.content[P.METRICS]["count"])))
+    replies = send_private(run, "influence", 0, messages, expected_arrays={P.GRADIENT: {P.GRADIENT_SUM_KEY: (num_params,)}})
+    parts = [P.gradient_sum_from_content(reply.content) for reply in replies]
     return GradientSum.sum(parts), len(parts)
 
 

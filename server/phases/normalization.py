@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from flwr.app import ConfigRecord, RecordDict
 
-from client import protocol as P
+from tardiff_common import protocol as P
 from tardiff_common.data.normalize import (
     ChannelHistogram,
-    ChannelMoments,
     histogram_edges_from_moments,
     make_normalizer,
 )
@@ -55,17 +54,15 @@ def run_normalization(run: ServerRun) -> None:
     moments_parts = []
     for info, reply in zip(infos, replies, strict=True):
         run.register_site(info)
-        arrays = P.from_array_record(reply.content[P.MOMENTS])
-        moments_parts.append(ChannelMoments.from_arrays([arrays["count"], arrays["total"], arrays["total_sq"]]))
+        moments_parts.append(P.moments_from_record(reply.content[P.MOMENTS]))
     _check_same_shape(infos)
     moments = sum(moments_parts[1:], moments_parts[0])
 
     replies = run.query("normalization", P.HISTOGRAM,
-                        RecordDict({P.MOMENTS: P.to_array_record(dict(zip(("count", "total", "total_sq"),
-                                                                          moments.to_arrays())))}),
+                        RecordDict({P.MOMENTS: P.moments_record(moments)}),
                         expected_arrays=None)
     edges = histogram_edges_from_moments(moments)
-    hist = ChannelHistogram(edges, sum(P.from_array_record(r.content[P.HIST])["counts"] for r in replies))
+    hist = ChannelHistogram(edges, sum(P.histogram_from_record(r.content[P.HIST]) for r in replies))
     normalizer = make_normalizer(run.config.data.normalizer, moments, hist)
     run.state["normalizer"] = normalizer_to_numpy(normalizer)
     total = sum(s.counts["train"] for s in run.sites.values())

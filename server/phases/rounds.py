@@ -1,6 +1,6 @@
 """The round loop phases 1 and 3 share: FedAvg / FedProx of one model over ``rounds`` rounds.
 
-Each round the global weights travel packed (``client.protocol``: one flat vector per dtype +
+Each round the global weights travel packed (``tardiff_common.protocol``: one flat vector per dtype +
 index) to the active sites with the phase's message type; the replies (site-name order) are
 averaged by Flower's strategy weighted by ``num-examples``, unpacked with the server's index,
 stored in ``run.state[state_key]`` and checkpointed. A resumed run starts after the last
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import ConfigRecord
 
-from client import protocol as P
+from tardiff_common import protocol as P
 
 from ..privacy import active_nodes, send_private
 from ..run import ServerRun

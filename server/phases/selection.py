@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from flwr.app import ConfigRecord, RecordDict
 
-from client import protocol as P
+from tardiff_common import protocol as P
 from tardiff_common.metrics.histogram_auc import SCORE_BINS
 from tardiff_common.pipeline.selection import fixed_selection, selection_from_scores, selection_record, tuning_rows
 
@@ -28,7 +28,7 @@ __all__ = ["run_selection_phase", "generator_content"]
 def generator_content(run: ServerRun, config: dict | None = None) -> RecordDict:
     """The broadcast of phases 3b and 4: EMA U-Net, theta*, g, normalizer (+ a config record)."""
     unet = run.state["unet"]
-    ema = {k[len("ema."):]: v for k, v in unet.items() if k.startswith("ema.")}
+    _, ema = P.split_diffusion_arrays(unet)
     return RecordDict({
         P.ARRAYS: P.to_packed_record(ema),
         P.CLASSIFIER: P.to_packed_record(run.state["classifier"]),

@@ -14,7 +14,7 @@ A ``DPTrainingSession`` is made for exactly one training call (one FedAvg round 
    the next round's call can make it private again without duplicated hooks), swaps the
    original layers back with the trained weights, and keeps the call's accountant history as
    ledger ``entries`` [(sigma, q, steps)], which the site appends to its ledger (kept across
-   rounds in the Flower ``context.state``, see ``client.protocol``).
+   rounds in the Flower ``context.state``, see ``tardiff_common.protocol``).
 
 Parameters leave the site as the plain model's state dict (no ``_module.`` prefix).
 

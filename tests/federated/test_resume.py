@@ -14,11 +14,11 @@ from flwr.app import Message, MetricRecord, RecordDict
 from flwr.app.error import Error
 from flwr.serverapp.strategy import FedAvg
 
-from client import protocol as P
 from client.app import app as client_app
 from server.run import TooFewSitesError
 from server.workflow import RunFinishedError, run_federated
 from simulations.local_grid import CLIENT_APP_RAISED, LocalGrid
+from tardiff_common import protocol as P
 from tardiff_common.pipeline.config import RunConfig
 
 from .conftest import run_local, tiny_flat

@@ -115,7 +115,7 @@ def test_every_reply_is_audited_and_none_is_record_shaped(tmp_path):
 
 @pytest.mark.parametrize("leak", ["records", "labels"])
 def test_a_record_shaped_reply_stops_the_run(tmp_path, leak):
-    from client import protocol as P
+    from tardiff_common import protocol as P
 
     def tamper(reply):
         if reply.metadata.message_type == P.INFLUENCE and not reply.has_error():

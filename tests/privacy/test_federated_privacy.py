@@ -12,10 +12,10 @@ from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from opacus.accountants import RDPAccountant
 
-from client import protocol as P
 from client.site import load_site
 from server.privacy import PrivacyBudgetError
 from simulations.local_grid import LocalGrid
+from tardiff_common import protocol as P
 from tardiff_common.data.synthetic import SyntheticICUConfig, generate_hospitals
 from tardiff_common.influence.gradient_sum import GradientSum
 from tardiff_common.pipeline import phases

@@ -53,10 +53,13 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.app.error import Error
 from flwr.common.constant import ErrorCode
 
+from tardiff_common.data.normalize import ChannelMoments
+from tardiff_common.influence.gradient_sum import GradientSum
 from tardiff_common.privacy.accounting import PrivacyLedger
 from tardiff_common.serialization import flatten_metrics, unflatten_metrics
 
@@ -224,6 +227,68 @@ def unpack_record(record: ArrayRecord, index: PackIndex) -> dict[str, np.ndarray
 
 
 # ----------------------------------------------------------------------------- DP operations spent
+
+
+MOMENT_KEYS = ("count", "total", "total_sq")  # ArrayRecord keys of ChannelMoments, each [C]
+GRADIENT_SUM_KEY = "sum"  # ArrayRecord key of G_k [P] in a query.influence reply
+GRADIENT_COUNT_KEY = "count"  # MetricRecord key of n_k in the same reply
+DIRECTION_KEY = "g"  # ArrayRecord key of g = G / ||G|| [P]
+HISTOGRAM_KEY = "counts"  # ArrayRecord key of a site's value counts [C, B]
+
+
+def moments_record(moments: ChannelMoments) -> ArrayRecord:
+    """Per-channel count, sum and sum of squares ([C] each) as one ArrayRecord."""
+    return to_array_record(dict(zip(MOMENT_KEYS, moments.to_arrays(), strict=True)))
+
+
+def moments_from_record(record: ArrayRecord) -> ChannelMoments:
+    arrays = from_array_record(record)
+    return ChannelMoments.from_arrays([arrays[k] for k in MOMENT_KEYS])
+
+
+def histogram_record(counts: np.ndarray) -> ArrayRecord:
+    return to_array_record({HISTOGRAM_KEY: counts})
+
+
+def histogram_from_record(record: ArrayRecord) -> np.ndarray:
+    return from_array_record(record)[HISTOGRAM_KEY]
+
+
+def gradient_sum_content(g_sum: GradientSum) -> tuple[ArrayRecord, dict[str, int]]:
+    """(ArrayRecord with G_k [P], the metrics entry with n_k) of a query.influence reply."""
+    return to_array_record({GRADIENT_SUM_KEY: g_sum.to_numpy()}), {GRADIENT_COUNT_KEY: int(g_sum.count)}
+
+
+def gradient_sum_from_content(content) -> GradientSum:
+    """The GradientSum of a query.influence reply's RecordDict (float64 total)."""
+    total = from_array_record(content[GRADIENT])[GRADIENT_SUM_KEY]
+    return GradientSum(torch.as_tensor(np.asarray(total, dtype=np.float64)), int(content[METRICS][GRADIENT_COUNT_KEY]))
+
+
+def direction_record(direction: np.ndarray) -> ArrayRecord:
+    return to_array_record({DIRECTION_KEY: np.asarray(direction)})
+
+
+def direction_from_record(record: ArrayRecord) -> np.ndarray:
+    return from_array_record(record)[DIRECTION_KEY]
+
+
+DIFFUSION_MODEL = "model."  # key prefix of the U-Net weights in a train.diffusion ArrayRecord
+DIFFUSION_EMA = "ema."  # key prefix of its EMA weights in the same record
+
+
+def join_diffusion_arrays(model: dict[str, np.ndarray], ema: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Both U-Net weight sets in one dict ("model.<name>", "ema.<name>"), so FedAvg averages
+    them key by key in one ArrayRecord."""
+    return {**{DIFFUSION_MODEL + k: v for k, v in model.items()},
+            **{DIFFUSION_EMA + k: v for k, v in ema.items()}}
+
+
+def split_diffusion_arrays(arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Inverse of ``join_diffusion_arrays``: (model weights, EMA weights)."""
+    model = {k[len(DIFFUSION_MODEL):]: v for k, v in arrays.items() if k.startswith(DIFFUSION_MODEL)}
+    ema = {k[len(DIFFUSION_EMA):]: v for k, v in arrays.items() if k.startswith(DIFFUSION_EMA)}
+    return model, ema
 
 
 def spent_record(ops: list[str]) -> ConfigRecord:
