@@ -31,7 +31,10 @@ whether or not guidance is on, 0 * grad adds exact zeros, and a zero x0 correcti
 
 ``GuidanceConfig.method`` picks the influence gradient (see ``influence_gradient``):
 "jvp" / "central_difference" (fast), "double_backprop" (reference), "batch_normalized"
-(the public code's batch-coupled objective).
+(the public code's batch-coupled objective). With "central_difference" the step is chosen
+once per ``InfluenceGuidance``, on the first guided batch (``choose_fd_step``: ``fd_eps`` and
+1/3, 1/10, 1/30 of it checked against jvp); a classifier with kinks, or one where no step
+meets relative error 1e-3, falls back to jvp with a warning (``fd_note`` says what happened).
 
 ``scale = "auto"`` (the default) is not a step: the run picks (form, s) from
 ``candidates`` on the tuning split (``pipeline.selection``), s = 0 always among them.
@@ -39,13 +42,17 @@ whether or not guidance is on, 0 * grad adds exact zeros, and a zero x0 correcti
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
 
 from ..diffusion.samplers import ReverseMoments
-from .influence_gradient import get_influence_grad, influence_grad_central_difference
+from .influence_gradient import choose_fd_step, get_influence_grad, influence_grad_central_difference
+
+FD_CHECK_BATCH = 8  # samples of the first guided batch the central-difference step is checked on
 
 __all__ = ["GuidanceConfig", "InfluenceGuidance", "GUIDANCE_FORMS", "STEP_FORMS", "Candidate", "parse_candidates"]
 
@@ -179,12 +186,19 @@ class InfluenceGuidance:
         self.config = config
         device = next(classifier.parameters()).device
         self.direction = direction.to(device=device, dtype=torch.float32)
-        self._grad_fn = get_influence_grad(config.method)
+        self._grad_fn: Callable[..., torch.Tensor] | None = get_influence_grad(config.method)
+        self.fd_note = ""
+        if self._grad_fn is influence_grad_central_difference:
+            self._grad_fn = None  # chosen on the first batch
 
     def influence_grad(self, x0_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """grad_x I at x0_hat [B, C, L] for labels y [B]."""
-        if self._grad_fn is influence_grad_central_difference:
-            return self._grad_fn(self.classifier, x0_hat, y, self.direction, eps=self.config.fd_eps)
+        if self._grad_fn is None:
+            k = min(FD_CHECK_BATCH, x0_hat.shape[0])
+            choice = choose_fd_step(self.classifier, x0_hat[:k], y[:k], self.direction, eps=self.config.fd_eps)
+            self._grad_fn, self.fd_note = choice.grad_fn(), choice.message
+            if choice.eps is None:
+                warnings.warn(choice.message, RuntimeWarning, stacklevel=2)
         return self._grad_fn(self.classifier, x0_hat, y, self.direction)
 
     def acts_on(self, variance: float) -> bool:

@@ -11,7 +11,11 @@ batch, so each sample's gradient is its own (no coupling across the batch):
 
 * ``double_backprop``     — the reference: grad_theta with create_graph, dot g, grad_x.
 * ``central_difference``  — (*) by (grad_x L(theta + e g) - grad_x L(theta - e g)) / 2e:
-                            two ordinary input-gradient passes, error O(e^2).
+                            two ordinary input-gradient passes, error O(e^2) plus float
+                            round-off O(u / e). Only for classifiers smooth in theta: where
+                            grad_x L jumps (max pooling, ReLU) a kink between theta - e g and
+                            theta + e g costs O(1 / e), for every e. ``choose_fd_step`` checks
+                            a step against jvp once and says when to fall back.
 * ``jvp``                 — (*) by forward-mode AD in parameter space (torch.func.jvp)
                             followed by reverse mode in x.
 
@@ -25,7 +29,9 @@ The model is put in eval mode and never modified.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -42,7 +48,14 @@ __all__ = [
     "influence_scores",
     "INFLUENCE_GRAD_METHODS",
     "get_influence_grad",
+    "FdStepChoice",
+    "choose_fd_step",
+    "relative_error",
+    "FD_TOLERANCE",
 ]
+
+FD_TOLERANCE = 1e-3
+"""Largest relative error ||cd - exact|| / ||exact|| a central-difference step may have."""
 
 
 def _direction_by_name(model: nn.Module, g: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -120,6 +133,65 @@ def influence_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torc
         direction = _direction_by_name(model, g)
         _, scores = jvp(lambda p: per_example_loss(functional_call(model, p, (x,)), y), (params,), (direction,))
         return scores
+
+
+def relative_error(estimate: torch.Tensor, exact: torch.Tensor) -> float:
+    """||estimate - exact|| / ||exact|| over the whole batch (0 when both are zero)."""
+    scale = exact.norm().item()
+    diff = (estimate - exact).norm().item()
+    return diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
+
+
+@dataclass(frozen=True)
+class FdStepChoice:
+    """Outcome of ``choose_fd_step``: ``eps`` (None = use ``fallback``), the relative error of
+    every step tried, and a sentence saying why."""
+
+    eps: float | None
+    errors: dict[float, float] = field(default_factory=dict)
+    message: str = ""
+
+    def grad_fn(self) -> Callable[..., torch.Tensor]:
+        """The influence gradient to use: central difference at ``eps``, else jvp (exact)."""
+        if self.eps is None:
+            return influence_grad_jvp
+        return functools.partial(influence_grad_central_difference, eps=self.eps)
+
+
+def choose_fd_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    g: torch.Tensor,
+    *,
+    eps: float = 1e-2,
+    tol: float = FD_TOLERANCE,
+    factors: tuple[float, ...] = (1.0, 1 / 3, 1 / 10, 1 / 30),
+) -> FdStepChoice:
+    """Pick the central-difference step for ``model`` once, on a small batch x [B, C, L].
+
+    A classifier whose ``smooth_in_parameters`` is False (it has kinks, e.g. max pooling) is
+    refused outright: no step is right on every batch. Otherwise each step eps * f (f in
+    ``factors``) is compared with the exact jvp gradient on (x, y) in the model's dtype, and
+    the step with the smallest relative error is kept if that error is at most ``tol``; if none
+    is, ``eps`` is None and the caller falls back to jvp. Costs one jvp and len(factors)
+    central differences on the batch.
+    """
+    name = type(model).__name__
+    if not getattr(model, "smooth_in_parameters", True):
+        return FdStepChoice(None, {}, f"central difference refused for {name}: its input gradient is not "
+                                      f"smooth in the parameters (max pooling / kinks), so no step meets "
+                                      f"relative error {tol:g} on every batch; using jvp (exact)")
+    exact = influence_grad_jvp(model, x, y, g)
+    errors = {eps * f: relative_error(influence_grad_central_difference(model, x, y, g, eps=eps * f), exact)
+              for f in factors}
+    best = min(errors, key=errors.__getitem__)
+    tried = ", ".join(f"{e:.1e}: {err:.1e}" for e, err in errors.items())
+    if errors[best] <= tol:
+        return FdStepChoice(best, errors, f"central difference for {name}: step {best:.1e} "
+                                          f"(relative error vs jvp {errors[best]:.1e}; tried {tried})")
+    return FdStepChoice(None, errors, f"central difference for {name} cannot meet relative error {tol:g} "
+                                      f"against jvp (tried step: error {tried}); using jvp (exact)")
 
 
 INFLUENCE_GRAD_METHODS: dict[str, Callable[..., torch.Tensor]] = {

@@ -63,6 +63,8 @@ class GRUClassifier(nn.Module):
     """GRU over time; logit = Linear([h_fwd_L, h_bwd_1]) of the last layer (``readout="final"``)
     or Linear(output at step L) (``readout="last_step"``)."""
 
+    smooth_in_parameters = True  # sigmoid / tanh gates: grad_x L is smooth in theta
+
     def __init__(self, in_channels: int, config: ClassifierConfig):
         super().__init__()
         if config.rnn == "opacus":
@@ -93,6 +95,10 @@ class GRUClassifier(nn.Module):
 class ConvClassifier(nn.Module):
     """Dilated temporal CNN: num_layers x (Conv1d k=5, dilation 2^i, GELU); [mean, max] over
     time; Linear. Receptive field 1 + 4 (2^layers - 1) steps."""
+
+    # the max over time makes grad_x L jump where the arg-max moves with theta: finite
+    # differences in theta are unreliable (``influence_gradient.choose_fd_step`` refuses them)
+    smooth_in_parameters = False
 
     def __init__(self, in_channels: int, config: ClassifierConfig):
         super().__init__()
