@@ -24,6 +24,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from tardiff_common.pipeline.overrides import parse_sets, toml_value
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -50,9 +52,8 @@ def main() -> None:
     sets = sum((["--set", s] for s in args.set), [])
     t_central = run([sys.executable, "-m", "tardiff_common.cli", "centralized", "--preset", args.preset,
                      "--out", str(out / "centralized"), "--threads", str(args.threads), "--quiet", *sets], env)
-    overrides = " ".join([f'output.dir="{out.parent}"', f'output.name="{out.name}"'] + [
-        f"{k}={v}" if v.replace(".", "", 1).replace("-", "", 1).isdigit() else f'{k}="{v}"'
-        for k, v in (s.split("=", 1) for s in args.set)])
+    flat = {"output.dir": str(out.parent), "output.name": out.name, **parse_sets(args.set)}
+    overrides = " ".join(f"{k}={toml_value(v)}" for k, v in flat.items())
     if args.preset != "default":
         sys.exit("the federated side reads pyproject's config (the default preset); use --set to change it")
     t_fed = run(["bash", "scripts/flwr_simulation.sh", "--supernodes", "3", "--run-config", overrides], env)

@@ -44,6 +44,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tardiff_common.pipeline.config import RunConfig
+from tardiff_common.pipeline.overrides import parse_sets
 
 __all__ = ["study_config", "run_point", "run_sweep", "summarize", "main"]
 
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     import flwr.supercore.logger  # noqa: F401  (sets the "flwr" logger to DEBUG on import; quiet it after)
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    extra = dict(item.split("=", 1) for item in args.set)
+    extra = parse_sets(args.set)
     modes = [m for m in args.modes.split(",") if m]
     bad = [m for m in modes if m not in MODES]
     if bad:

@@ -19,6 +19,7 @@ from client.app import app as client_app
 from server.workflow import run_federated
 from tardiff_common.data.loading import load_sites_for
 from tardiff_common.pipeline.config import RunConfig, preset
+from tardiff_common.pipeline.overrides import parse_sets, threads_arg
 
 from .local_grid import LocalGrid
 
@@ -38,14 +39,16 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="run folder to create")
     parser.add_argument("--preset", default="default")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--threads", type=threads_arg, default=None, help="torch CPU threads (default: the config's)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     out = Path(args.out)
-    overrides = dict(s.split("=", 1) for s in args.set)
+    overrides = parse_sets(args.set)
     overrides.update({"output.dir": str(out.parent), "output.name": out.name})
-    run_inprocess(preset(args.preset).with_overrides(overrides))
+    if args.threads is not None:
+        overrides["threads"] = args.threads
+    config = preset(args.preset).with_overrides(overrides)
+    torch.set_num_threads(config.threads)
+    run_inprocess(config)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
     tardiff centralized --data synthetic --out runs/NAME [--preset default] [--set key=value ...]
     tardiff data summary --source eicu_yaib --path ../shared/data/eicu_demo
-    tardiff config [--preset NAME]          # print every config key with its value
+    tardiff config [--preset NAME] [--set key=value ...]   # print every config key with its value
+
+``--set key=value`` values are read with TOML's rules, as ``flwr run --run-config`` reads them
+(``tardiff_common.pipeline.overrides``); a bad config exits 2 with every problem and its key.
 """
 
 from __future__ import annotations
@@ -12,29 +15,25 @@ import sys
 import time
 from pathlib import Path
 
+from .pipeline.overrides import threads_arg
+
 __all__ = ["main"]
 
 
-def _parse_sets(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def _build_config(args: argparse.Namespace):
+    """The preset with ``--set`` (TOML-typed, ``pipeline.overrides``) and the command's own flags
+    applied, checked by ``pipeline.validation`` (``ConfigError`` naming every bad key)."""
     from .pipeline.config import preset
+    from .pipeline.overrides import parse_sets
 
-    config = preset(args.preset)
-    overrides = _parse_sets(args.set or [])
+    overrides = parse_sets(args.set or [])
     if getattr(args, "data", None):
         overrides.setdefault("data.source", args.data)
     if getattr(args, "data_path", None):
         overrides.setdefault("data.path", args.data_path)
-    return config.with_overrides(overrides)
+    if getattr(args, "threads", None) is not None:
+        overrides["threads"] = args.threads
+    return preset(args.preset).with_overrides(overrides)
 
 
 def _cmd_centralized(args: argparse.Namespace) -> int:
@@ -42,12 +41,16 @@ def _cmd_centralized(args: argparse.Namespace) -> int:
 
     from .data.loading import load_sites_for
     from .pipeline.centralized import run_centralized
+    from .pipeline.validation import check_sites, refuse_unsupported
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     config = _build_config(args)
+    refuse_unsupported(config, "centralized")
+    torch.set_num_threads(config.threads)
     out = Path(args.out or f"runs/centralized-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.exists():
+        raise ValueError(f"run folder {str(out)!r} already exists; choose another --out (nothing was overwritten)")
     sites = load_sites_for(config.data)
+    check_sites(config, sites, "centralized")
     metrics = run_centralized(config, sites, out, progress=not args.quiet)
     rows = metrics["tstr"]
     print("\nTSTR (pooled real test split):")
@@ -84,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default=None, help="run folder to create (must not exist)")
     c.add_argument("--preset", default="default", help="tiny | default | paper")
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
-    c.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    c.add_argument("--threads", type=threads_arg, default=None,
+                   help="torch CPU threads, >= 1 (default: the config's threads key)")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     c.set_defaults(func=_cmd_centralized)
 

@@ -35,7 +35,7 @@ class SamplingConfig:
     [-1, 1]; None = no clip); cfg_scale w: eps = (1 + w) eps(y) - w eps(null), 0 = conditional."""
 
     sampler: str = "ddim"
-    num_inference_steps: int = 50
+    num_inference_steps: int = 25
     eta: float = 1.0
     clip_x0: float | None = 1.0
     cfg_scale: float = 0.0

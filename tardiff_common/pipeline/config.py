@@ -8,7 +8,13 @@ sampling, guidance) plus the run-level sections below. It maps one-to-one onto f
 which is exactly how Flower flattens a ``[tool.flwr.app.config]`` table with sub-tables, and
 how ``tardiff centralized --set guidance.scale=50`` overrides a value. Tuples are written as
 comma-separated strings ("1,2,4,4") and ``None`` as "none" (Flower config values are scalars).
-Unknown keys raise ``ValueError`` naming the key, so a typo never passes silently.
+Every key is checked when it is read: unknown keys (with close matches), unreadable values and
+the rules of ``pipeline.validation`` raise one ``ConfigError`` (a ``ValueError``) that lists
+each problem with its key, so a typo or an impossible setting fails before any work starts.
+``--set`` values are typed by TOML's rules first (``pipeline.overrides``). The defaults live
+here only: each section's are its dataclass's own (but the classifier's, see
+``RunConfig.classifier``), and pyproject's table is generated from
+them (``pipeline.app_config``, ``scripts/sync_app_config.py``).
 
 Presets: ``tiny`` (seconds, for tests), ``default`` (a few CPU minutes), ``paper`` (the public
 code's U-Net and GRU classifier and the paper's step counts; the paper's s = 100 is one of its
@@ -21,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
@@ -32,6 +39,7 @@ from ..models.unet1d import UNet1DConfig
 from ..privacy.config import PrivacyConfig
 from ..training.classifier import ClassifierTrainConfig
 from ..training.diffusion import DiffusionTrainConfig
+from .config_errors import ConfigError, Problem, raise_if_any
 
 __all__ = [
     "DataConfig",
@@ -45,6 +53,7 @@ __all__ = [
     "preset",
     "PRESETS",
     "derive_seed",
+    "ConfigError",
 ]
 
 
@@ -196,15 +205,16 @@ class OutputConfig:
 class RunConfig:
     seed: int = 0
     device: str = "auto"
-    threads: int = 0
+    threads: int = 1  # torch CPU threads of this process (each site's, in a federation)
     output: OutputConfig = field(default_factory=OutputConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    # the one section whose run default is not its dataclass's (a GRU, 64 x 2): a small CNN
     classifier: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(kind="cnn", hidden=32, num_layers=3))
-    classifier_train: ClassifierTrainConfig = field(default_factory=lambda: ClassifierTrainConfig(epochs=5))
+    classifier_train: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)
     unet: UNet1DConfig = field(default_factory=UNet1DConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    diffusion_train: DiffusionTrainConfig = field(default_factory=lambda: DiffusionTrainConfig(epochs=5))
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(num_inference_steps=25))
+    diffusion_train: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
@@ -225,37 +235,62 @@ class RunConfig:
                 out[_key(f.name)] = _encode(value)
         return out
 
-    def with_overrides(self, flat: dict[str, object]) -> RunConfig:
-        """A copy with flat keys applied; raises ``ValueError`` naming an unknown key or bad value."""
+    def with_overrides(self, flat: Mapping[str, object], *, validate: bool = True) -> RunConfig:
+        """A copy with flat keys applied and (``validate``) checked by
+        ``pipeline.validation.validate_config``. Raises ``ConfigError`` listing every unknown key
+        (with close matches), unreadable value and refused section value, else every rule the
+        result breaks; each problem names its key."""
+        from .overrides import close_keys
+
         hints = typing.get_type_hints(RunConfig)
-        sections: dict[str, dict[str, object]] = {}
-        top: dict[str, object] = {}
         by_key = {_key(f.name): f.name for f in fields(self)}
+        problems: list[Problem] = []
+        top: dict[str, object] = {}
+        sections: dict[str, dict[str, object]] = {}
         for key, raw in flat.items():
-            head, _, tail = str(key).partition(".")
-            if head not in by_key:
-                raise ValueError(f"unknown config key {key!r}")
-            name = by_key[head]
-            current = getattr(self, name)
-            if not tail:
-                if dataclasses.is_dataclass(current):
-                    raise ValueError(f"config key {key!r} names a section; use {key}.<field>")
-                top[name] = _decode(raw, hints[name], key)
+            key = str(key)
+            head, _, tail = key.partition(".")
+            name = by_key.get(head)
+            current = getattr(self, name) if name else None
+            sub_fields = {_key(sf.name): sf.name for sf in fields(current)} if dataclasses.is_dataclass(current) else {}
+            if name and not tail and sub_fields:
+                problems.append(Problem(key, f"config key {key!r} names a section; use {key}.<field>"))
                 continue
-            if not dataclasses.is_dataclass(current):
-                raise ValueError(f"unknown config key {key!r}")
-            sub_fields = {_key(sf.name): sf.name for sf in fields(current)}
-            if tail not in sub_fields:
-                raise ValueError(f"unknown config key {key!r}; {head} has {sorted(sub_fields)}")
-            sub_hints = typing.get_type_hints(type(current))
-            sections.setdefault(name, {})[sub_fields[tail]] = _decode(raw, sub_hints[sub_fields[tail]], key)
-        updates = dict(top)
-        for name, changes in sections.items():
+            if name is None or (tail and tail not in sub_fields):
+                near = close_keys(key, self.to_flat())
+                hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else ""
+                problems.append(Problem(key, f"unknown config key {key!r}{hint}"))
+                continue
             try:
-                updates[name] = replace(getattr(self, name), **changes)
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"config section {_key(name)!r}: {err}") from err
-        return replace(self, **updates)
+                if not tail:
+                    top[name] = _decode(raw, hints[name], key)
+                else:
+                    field_name = sub_fields[tail]
+                    value = _decode(raw, typing.get_type_hints(type(current))[field_name], key)
+                    sections.setdefault(name, {})[field_name] = value
+            except ValueError as err:
+                problems.append(Problem(key, str(err)))
+        updates: dict[str, object] = dict(top)
+        for name, changes in sections.items():
+            section = getattr(self, name)
+            try:
+                updates[name] = replace(section, **changes)
+            except (TypeError, ValueError) as err:  # the section's own checks: blame the keys that fail alone
+                blamed = []
+                for field_name, value in changes.items():
+                    try:
+                        replace(section, **{field_name: value})
+                    except (TypeError, ValueError) as alone:
+                        blamed.append(Problem(f"{_key(name)}.{_key(field_name)}", str(alone)))
+                problems.extend(blamed or [Problem(_key(name), str(err))])
+        result = replace(self, **updates)  # sections that failed above keep their current values
+        if validate:
+            from .validation import config_problems
+
+            named = {p.key for p in problems}
+            problems += [p for p in config_problems(result) if p.key not in named]
+        raise_if_any(problems)
+        return result
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -309,8 +344,8 @@ def _decode(raw: object, hint: object, key: str) -> object:
         if hint is str:
             return str(raw)
     except (TypeError, ValueError):
-        raise ValueError(f"config key {key!r}: cannot read {raw!r} as {hint}") from None
-    raise ValueError(f"config key {key!r}: unsupported type {hint}")
+        raise ValueError(f"cannot read {raw!r} as {getattr(hint, '__name__', hint)}") from None
+    raise ValueError(f"unsupported type {hint} for config key {key!r}")
 
 
 def derive_seed(*parts: int) -> int:

@@ -12,8 +12,9 @@ ServerApp (before phase 0) and the ClientApp all check the same rules without as
   ``privacy.target-epsilon`` <= ``privacy.max-epsilon``; DP-SGD is not combined with FedProx;
 * privacy target: the gradient-sum release (one Gaussian step, q = 1) needs no data, so its
   sigma is solved once with Opacus' accountant and an unreachable target is refused (with
-  DP-SGD on as well this is a necessary condition: the composed run spends more). DP-SGD's
-  schedule depends on each site's training size; ``check_against_data`` solves it per site.
+  DP-SGD on as well this is a necessary condition: the composed run spends more); with DP-SGD
+  only, a target below the RDP accountant's floor (its epsilon as sigma -> infinity) is refused.
+  DP-SGD's schedule depends on each site's training size; ``check_against_data`` solves it per site.
 
 ``check_against_data(config, channels=..., train_sizes=...)`` (``check_sites`` for loaded sites) adds the rules that need the
 loaded data: ``unet.in-channels`` equal to the data's channel count unless left at its
@@ -94,7 +95,7 @@ def _top(c: RunConfig) -> Iterator[Problem]:
 def _data(c: RunConfig) -> Iterator[Problem]:
     d = c.data
     yield from _at_least("data.num-hospitals", d.num_hospitals, 1)
-    yield from _at_least("data.length", d.length, 1)
+    yield from _at_least("data.length", d.length, 0)  # 0 = the source's own length
     yield from _positive("data.size-scale", d.size_scale)
     yield from _at_least("data.data-seed", d.data_seed, 0)
     yield from _at_least("data.split-seed", d.split_seed, 0)
@@ -191,12 +192,14 @@ def _privacy(c: RunConfig) -> Iterator[Problem]:
         yield Problem("privacy.dp-sgd-classifier" if p.dp_sgd_classifier else "privacy.dp-sgd-diffusion",
                       "cannot be combined with federation.strategy = 'fedprox' (Opacus' per-sample gradients "
                       "do not include the proximal term)")
-    if p.gradient_sum_dp and p.noise_multiplier is None and p.target_epsilon is not None:
-        # Solve the gradient-sum release alone (one Gaussian step, q = 1: no data needed). With no
-        # DP-SGD that is the whole plan; with DP-SGD the composed run spends at least as much, so
-        # a target this release cannot reach is out of reach at any training size.
-        from ..privacy.accounting import Entry, solve_noise_multiplier
+    if p.target_epsilon is None:
+        return
+    from ..privacy.accounting import MAX_SIGMA, Entry, epsilon_of, solve_noise_multiplier
 
+    if p.gradient_sum_dp and p.noise_multiplier is None:
+        # The gradient-sum release alone (one Gaussian step, q = 1) needs no data. Without DP-SGD
+        # it is the whole plan; with DP-SGD the composed run spends more, so a target this
+        # release cannot reach is out of reach at any training size.
         try:
             with warnings.catch_warnings():  # Opacus' "optimal order is the largest alpha" while searching
                 warnings.simplefilter("ignore", UserWarning)
@@ -204,6 +207,13 @@ def _privacy(c: RunConfig) -> Iterator[Problem]:
                                        accountant=p.accountant)
         except ValueError as err:
             yield _unreachable(c, str(err))
+    elif p.dp_sgd and p.sgd_noise_multiplier is None and p.accountant == "rdp":
+        # RDP -> (epsilon, delta) conversion has a floor: as sigma -> infinity every mechanism's
+        # epsilon falls to the conversion term of the largest order alpha, whatever the data.
+        floor = epsilon_of([Entry("floor", MAX_SIGMA, 1.0, 1, 1.0)], p.delta, "rdp")
+        if p.target_epsilon <= floor:
+            yield _unreachable(c, f"the RDP accountant's epsilon at delta = {p.delta:g} never falls below "
+                                  f"{floor:.4g}, at any noise and training size")
 
 
 RULES: tuple[Callable[[RunConfig], Iterator[Problem]], ...] = (
