@@ -11,6 +11,7 @@ the training is exactly the plain one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -18,10 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from .loop import check_proximal_with_privacy, seeded_loader, training_objects
-from .proximal import ProximalTerm
+from .loop import train_epochs
 
 if TYPE_CHECKING:  # Opacus is imported only when DP is used
     from ..privacy.dp_sgd import DPTrainingSession
@@ -31,7 +30,7 @@ __all__ = ["ClassifierTrainConfig", "train_classifier", "predict_proba", "positi
 
 @dataclass(frozen=True)
 class ClassifierTrainConfig:
-    epochs: int = 5
+    epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -69,46 +68,31 @@ def train_classifier(
     progress: bool = False,
     desc: str = "classifier",
     privacy: DPTrainingSession | None = None,
+    after_epoch: Callable[[int], bool] | None = None,
 ) -> dict:
-    """Train ``model`` in place on x [N, C, L], y [N]. Returns {"loss": last-epoch mean, "steps"}.
+    """Train ``model`` in place on x [N, C, L], y [N] with ``training.loop.train_epochs`` (loss:
+    BCEWithLogits with ``pos_weight``; Adam). Returns {"loss": last-epoch mean, "steps"}.
 
     ``pos_weight`` overrides the weight derived from ``y`` (a federation passes the global one);
     ``proximal_mu`` > 0 adds FedProx's (mu/2)||w - w_start||^2. ``privacy``: train with DP-SGD
     (see ``tardiff_common.privacy.dp_sgd``); its ``entries`` hold the call's accountant history.
+    ``after_epoch(e)`` returning True stops after epoch e (early stopping). The model ends in eval mode.
     """
-    device = next(model.parameters()).device
-    generator = privacy.generator(seed) if privacy is not None else torch.Generator().manual_seed(seed)
     if pos_weight is None:
         pos_weight = positive_class_weight(np.asarray(y), config.class_weighting)
-    pw = torch.tensor(pos_weight, device=device)
-    loader = seeded_loader(x, y, config.batch_size, generator)
+    pw = torch.tensor(pos_weight, device=next(model.parameters()).device)
+
+    def batch_loss(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor, _generator) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(net(xb), yb.float(), pos_weight=pw)
 
     def make_optimizer(params):
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
-    check_proximal_with_privacy(privacy, proximal_mu)
-    model.train()
-    steps, losses = 0, []
-    with training_objects(model, make_optimizer, loader, privacy) as (net, optimizer, batches):
-        proximal = ProximalTerm(model, proximal_mu)
-        for _ in tqdm(range(config.epochs), desc=desc, disable=not progress, leave=False):
-            losses = []
-            for xb, yb in batches:
-                xb, yb = xb.to(device), yb.to(device)
-                optimizer.zero_grad(set_to_none=True)
-                loss = F.binary_cross_entropy_with_logits(net(xb), yb.float(), pos_weight=pw)
-                if privacy is not None:  # a Poisson batch may be empty: it still steps (noise only)
-                    loss.backward()
-                else:
-                    (loss + proximal(model)).backward()
-                    if config.grad_clip is not None:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                steps += 1
-                if len(yb):
-                    losses.append(float(loss.detach()))
+    stats = train_epochs(model, x, y, batch_loss, make_optimizer, epochs=config.epochs, batch_size=config.batch_size,
+                         seed=seed, grad_clip=config.grad_clip, proximal_mu=proximal_mu, privacy=privacy,
+                         after_epoch=after_epoch, progress=progress, desc=desc)
     model.eval()
-    return {"loss": float(np.mean(losses)) if losses else float("nan"), "steps": steps}
+    return stats
 
 
 @torch.no_grad()

@@ -23,13 +23,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..diffusion.ema import EMA
 from ..diffusion.schedule import NoiseSchedule
 from ..models.unet1d import UNet1D
-from .loop import check_proximal_with_privacy, seeded_loader, training_objects
-from .proximal import ProximalTerm
+from .loop import train_epochs
 
 if TYPE_CHECKING:  # Opacus is imported only when DP is used
     from ..privacy.dp_sgd import DPTrainingSession
@@ -39,7 +37,7 @@ __all__ = ["DiffusionTrainConfig", "diffusion_loss", "train_diffusion"]
 
 @dataclass(frozen=True)
 class DiffusionTrainConfig:
-    epochs: int = 5
+    epochs: int = 30
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -94,43 +92,22 @@ def train_diffusion(
     desc: str = "diffusion",
     privacy: DPTrainingSession | None = None,
 ) -> dict:
-    """Train ``model`` in place on x [N, C, L], y [N]; returns {"loss": mean last-epoch loss, "steps"}.
+    """Train ``model`` in place on x [N, C, L], y [N] with ``training.loop.train_epochs`` (AdamW, the
+    EMA updated after every step); returns {"loss": mean last-epoch loss, "steps"}.
 
     ``proximal_mu`` > 0 adds FedProx's (mu/2)||w - w_start||^2 to every step's loss. ``privacy``:
     train with DP-SGD (``tardiff_common.privacy.dp_sgd``); its ``entries`` hold the accountant history.
     """
-    device = next(model.parameters()).device
-    generator = privacy.generator(seed) if privacy is not None else torch.Generator().manual_seed(seed)
+
+    def batch_loss(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if privacy is None:
+            return diffusion_loss(net, schedule, xb, yb, generator=generator, loss=config.loss)
+        per_record = diffusion_loss(net, schedule, xb, yb, generator=generator, loss=config.loss, reduction="none")
+        return per_record.sum() / max(len(per_record), 1)
 
     def make_optimizer(params):
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
-    loader = seeded_loader(x, y, config.batch_size, generator)
-    check_proximal_with_privacy(privacy, proximal_mu)
-    proximal = ProximalTerm(model, proximal_mu)
-    model.train()
-    steps, last_losses = 0, []
-    with training_objects(model, make_optimizer, loader, privacy) as (net, optimizer, batches):
-        for _ in tqdm(range(config.epochs), desc=desc, disable=not progress, leave=False):
-            last_losses = []
-            for xb, yb in batches:
-                optimizer.zero_grad(set_to_none=True)
-                if privacy is None:
-                    loss = diffusion_loss(
-                        model, schedule, xb.to(device), yb.to(device), generator=generator, loss=config.loss
-                    )
-                    (loss + proximal(model)).backward()
-                    if config.grad_clip is not None:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                else:
-                    per_record = diffusion_loss(net, schedule, xb.to(device), yb.to(device), generator=generator,
-                                                loss=config.loss, reduction="none")
-                    loss = per_record.sum() / max(len(per_record), 1)
-                    loss.backward()
-                optimizer.step()
-                if ema is not None:
-                    ema.update(model)
-                steps += 1
-                if len(yb):
-                    last_losses.append(float(loss.detach()))
-    return {"loss": float(np.mean(last_losses)) if last_losses else float("nan"), "steps": steps}
+    return train_epochs(model, x, y, batch_loss, make_optimizer, epochs=config.epochs, batch_size=config.batch_size,
+                        seed=seed, grad_clip=config.grad_clip, proximal_mu=proximal_mu, privacy=privacy,
+                        after_step=ema.update if ema is not None else None, progress=progress, desc=desc)
