@@ -57,6 +57,7 @@ from tardiff_common.data.contract import SiteData
 from tardiff_common.data.registry import (
     GridAccumulator,
     assemble_sites,
+    csv_columns,
     drop_small_sites,
     filter_ranges,
     find_table,
@@ -189,9 +190,13 @@ def input_files(
     unknown_status: str = "drop",
     chunksize: int = 2_000_000,
 ) -> list[Path]:
-    """The files ``build_sites`` reads (raises ``ValueError`` naming a missing table)."""
+    """The files ``build_sites`` reads (raises ``ValueError`` naming a missing table, or a
+    ``data.channels`` name that is not a column of ``vitalPeriodic``, listing the available ones)."""
     folder = Path(path)
     files = [find_table(folder, "patient")[0], find_table(folder, "vitalPeriodic")[0]]
+    if channels:
+        available = [c for c in csv_columns(files[1]) if c not in ("patientunitstayid", "observationoffset")]
+        _check_channels(channels, available, files[1])
     if _site_by(site_by, "hospital") == "region":
         files.append(find_table(folder, "hospital")[0])
     return files
@@ -281,15 +286,56 @@ def yaib_input_files(
     extract: str | None = None,
     unknown_status: str = "drop",
 ) -> list[Path]:
-    """The files ``build_yaib_sites`` reads (raises ``ValueError`` naming a missing file)."""
+    """The files ``build_yaib_sites`` reads. Raises ``ValueError`` naming a missing file, a
+    ``data.channels`` name that is not a variable of the extract (listing the available ones), or
+    a ``data.length`` beyond the hours the extract covers."""
     folder = Path(path)
     dyn = folder / "yaib_hourly" / _extract_name(task, extract) / "dyn.parquet"
     if not dyn.is_file():
         raise ValueError(f"missing table: expected {str(dyn)!r} (YAIB hourly extract)")
+    if channels:
+        names = _dyn_columns(dyn)
+        _check_channels(channels, [c for c in names if c not in ("stay_id", "time")], dyn)
+    if length:
+        hours = _dyn_hours(dyn)
+        if int(length) > hours:
+            raise ValueError(
+                f"eicu_yaib: data.length={length} cannot be honoured: {str(dyn)!r} covers {hours} hourly steps "
+                f"(hours 0..{hours - 1}); choose data.length <= {hours}"
+            )
     files = [dyn, find_table(folder, "patient")[0]]
     if _site_by(site_by, "region") == "region":
         files.append(find_table(folder, "hospital")[0])
     return files
+
+
+def _check_channels(channels, available: list[str], path: Path) -> None:
+    unknown = [c for c in channels if c not in available]
+    if unknown:
+        raise ValueError(
+            f"unknown variable(s) {unknown} in data.channels: {str(path)!r} has {', '.join(sorted(available))}"
+        )
+
+
+def _dyn_columns(path: Path) -> list[str]:
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        return list(pq.read_schema(path).names)
+    except (OSError, pyarrow.ArrowException) as err:
+        raise ValueError(f"cannot read {str(path)!r}: {type(err).__name__}: {err}") from err
+
+
+def _dyn_hours(path: Path) -> int:
+    """Number of hourly steps the extract covers: last whole hour of ``time`` + 1."""
+    import pyarrow
+
+    try:
+        time = pd.read_parquet(path, columns=["time"])["time"]
+    except (OSError, pyarrow.ArrowException, KeyError) as err:
+        raise ValueError(f"cannot read column 'time' of {str(path)!r}: {type(err).__name__}: {err}") from err
+    return int(pd.to_timedelta(time).max() // pd.Timedelta(hours=1)) + 1
 
 
 def _read_dyn(path: Path, channels: tuple[str, ...]) -> pd.DataFrame:

@@ -26,8 +26,11 @@ modules (``eicu.py``, ``mimic3.py``, ``physionet2012.py``):
    ``.csv.gz``) and read only the needed columns; a missing file, a missing column or an
    unreadable/truncated file is a ``ValueError`` naming the file (and the column).
 2. ``GridAccumulator`` — average the observations falling into the same (stay, channel, step).
-3. ``fill_gaps`` — forward fill, then backward fill for leading gaps; a channel never observed
-   in a stay gets the per-channel median of the whole source (training-free). ``mask`` is True
+3. ``fill_gaps`` — forward fill, then backward fill for leading gaps (the record's own values
+   only). A channel never observed in a stay gets a *provisional* value (the source-wide median,
+   ``meta["fill_median"]``) only so that ``x`` stays finite: every run replaces it after the split
+   with the median of the owning site's training split (``data/impute.py``, called by
+   ``pipeline.phases.prepare_splits``), so no held-out record enters it. ``mask`` is True
    exactly at the bins that held at least one real observation.
 4. ``assemble_sites`` — drop stays without any observation (counted as ``"no_vitals"``), group
    the rest into sites, record the drop counts in ``meta["dropped"]`` (this site) and
@@ -270,8 +273,10 @@ def fill_gaps(
     """Fill NaN gaps of ``values`` [N, C, L]; returns ``(x float32, mask bool, medians)``.
 
     Per (stay, channel): forward fill along time, then backward fill the leading gap; a channel
-    with no observation in a stay is set to the channel's median over all observed bins of the
-    source (``medians``). ``mask`` is True exactly where ``values`` was finite. Raises
+    with no observation in a stay is set to a provisional value, the channel's median over all
+    observed bins of the source (``medians``), which ``data.impute.impute_splits`` replaces with
+    training-split medians once the records are split (it finds these series by their all-False
+    ``mask``). ``mask`` is True exactly where ``values`` was finite. Raises
     ``ValueError`` naming the channel if it is never observed anywhere.
     """
     values = np.asarray(values, dtype=np.float32)

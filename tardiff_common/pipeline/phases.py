@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..data.contract import SiteData, SiteSplits, stratified_split, validate_site
+from ..data.impute import impute_splits
 from ..data.normalize import (
     ChannelHistogram,
     ChannelMoments,
@@ -110,14 +111,16 @@ def resolve_device(name: str) -> torch.device:
 
 def prepare_splits(site: SiteData, config: RunConfig) -> SiteSplits:
     """Validate the contract (one class is allowed per site) and split it stratified into train /
-    guidance / tuning / test (``data.split-fractions``)."""
+    guidance / tuning / test (``data.split-fractions``); channels a record never observed are filled
+    with the medians of this site's training split only."""
     site = validate_site(site, require_both_classes=False)
     if site.num_records < config.data.min_site_records:
         raise ValueError(
             f"site {site.name!r}: {site.num_records} records, fewer than "
             f"data.min-site-records = {config.data.min_site_records}"
         )
-    return stratified_split(site, fractions=config.data.split_fractions, seed=config.data.split_seed)
+    splits = stratified_split(site, fractions=config.data.split_fractions, seed=config.data.split_seed)
+    return impute_splits(splits)  # never-observed channels: the site's training medians (data/impute.py)
 
 
 def local_moments(splits: SiteSplits) -> ChannelMoments:
