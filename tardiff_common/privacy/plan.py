@@ -2,6 +2,8 @@
 
 From the run config and the site's record counts (its own; a site plans for itself):
 
+* normalization:      2 entries (sigma_g, q = 1, 1 step), clip 1 -- the noised phase-0 moments and
+                      histogram (``privacy.dp_statistics``), whenever any DP mechanism is on
 * gradient sum:       1 entry (sigma_g, q = 1, 1 step), clip ``privacy.clip``
 * classifier DP-SGD:  per round (sigma_s, q_c = 1 / b_c, epochs_c * b_c steps), b_c = ceil(N_train / B_c)
 * diffusion DP-SGD:   per round (sigma_s, q_d = 1 / b_d, epochs_d * b_d steps), b_d = ceil(N_train / B_d)
@@ -14,7 +16,9 @@ Noise multipliers: explicit ones (``privacy.noise-multiplier`` for the sum,
 ``privacy.sgd-noise-multiplier`` for DP-SGD) are used as given; the rest are solved for
 ``privacy.target-epsilon`` as one common sigma so that the composed epsilon of the *planned*
 run equals the target (``accounting.solve_noise_multiplier``; with only the gradient sum that
-is Opacus' ``get_noise_multiplier(target, delta, sample_rate=1, steps=1)``).
+is Opacus' ``get_noise_multiplier(target, delta, sample_rate=1, steps=1)``). The normalization
+releases take the gradient sum's sigma: solved with the others when it is free, else
+``privacy.noise-multiplier`` when set, else ``privacy.sgd-noise-multiplier``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from dataclasses import dataclass, replace
 from ..pipeline.config import RunConfig
 from .accounting import Entry, epsilon_of, solve_noise_multiplier
 
-__all__ = ["SitePlan", "plan_site", "batches_per_epoch", "validate_privacy_run"]
+__all__ = ["SitePlan", "plan_site", "batches_per_epoch", "validate_privacy_run", "NORMALIZATION_RELEASES"]
+
+NORMALIZATION_RELEASES = 2  # phase 0: the moments, then the value histogram
 
 
 def batches_per_epoch(num_records: int, batch_size: int) -> int:
@@ -44,9 +50,21 @@ class SitePlan:
     diffusion_round: Entry | None
     classifier_rounds: int
     diffusion_rounds: int
+    normalization: Entry | None = None  # each of the NORMALIZATION_RELEASES phase-0 releases
+
+    def entry(self, phase: str) -> Entry | None:
+        """The planned entry of one operation of ``phase`` (None when that phase releases without DP)."""
+        return {"normalization": self.normalization, "classifier": self.classifier_round,
+                "influence": self.gradient_sum, "diffusion": self.diffusion_round}.get(phase)
+
+    def entries(self) -> list[Entry]:
+        """One entry per DP phase (the solved schedule without repetitions)."""
+        return [e for e in (self.normalization, self.gradient_sum, self.classifier_round, self.diffusion_round)
+                if e is not None]
 
     def history(self) -> list[Entry]:
-        out = [self.classifier_round] * self.classifier_rounds if self.classifier_round else []
+        out = [self.normalization] * NORMALIZATION_RELEASES if self.normalization else []
+        out += [self.classifier_round] * self.classifier_rounds if self.classifier_round else []
         out += [self.gradient_sum] if self.gradient_sum else []
         out += [self.diffusion_round] * self.diffusion_rounds if self.diffusion_round else []
         return out
@@ -79,22 +97,29 @@ def plan_site(config: RunConfig, num_train: int) -> SitePlan:
         b = batches_per_epoch(num_train, config.diffusion_train.batch_size)
         diff_round = Entry("diffusion", p.sgd_noise_multiplier or zero, 1.0 / b, config.diffusion_train.epochs * b,
                            p.sgd_clip)
-    plan = SitePlan(grad, cls_round, diff_round, config.federation.classifier_rounds,
-                    config.federation.diffusion_rounds)
     free_grad = p.gradient_sum_dp and p.noise_multiplier is None
     free_sgd = p.dp_sgd and p.sgd_noise_multiplier is None
+    stats = None
+    if p.any_dp:
+        explicit = p.noise_multiplier if p.gradient_sum_dp else p.sgd_noise_multiplier
+        stats = Entry("normalization", zero if explicit is None else explicit, 1.0, 1, 1.0)
+    free_stats = stats is not None and explicit is None
+    plan = SitePlan(grad, cls_round, diff_round, config.federation.classifier_rounds,
+                    config.federation.diffusion_rounds, stats)
     if not (free_grad or free_sgd):
         return plan
     free, fixed = [], []
-    for entry, is_free in ((grad, free_grad), (cls_round, free_sgd), (diff_round, free_sgd)):
+    for entry, is_free in ((stats, free_stats), (grad, free_grad), (cls_round, free_sgd), (diff_round, free_sgd)):
         if entry is None:
             continue
-        rounds = {"classifier": plan.classifier_rounds, "diffusion": plan.diffusion_rounds}.get(entry.phase, 1)
-        (free if is_free else fixed).append(replace(entry, steps=entry.steps * rounds))
+        repeats = {"classifier": plan.classifier_rounds, "diffusion": plan.diffusion_rounds,
+                   "normalization": NORMALIZATION_RELEASES}.get(entry.phase, 1)
+        (free if is_free else fixed).append(replace(entry, steps=entry.steps * repeats))
     sigma = solve_noise_multiplier(p.target_epsilon, p.delta, free, fixed=fixed, accountant=p.accountant)
     return SitePlan(
         replace(grad, noise_multiplier=sigma) if grad and free_grad else grad,
         replace(cls_round, noise_multiplier=sigma) if cls_round and free_sgd else cls_round,
         replace(diff_round, noise_multiplier=sigma) if diff_round and free_sgd else diff_round,
         plan.classifier_rounds, plan.diffusion_rounds,
+        replace(stats, noise_multiplier=sigma) if stats and free_stats else stats,
     )
