@@ -57,7 +57,7 @@ def timed(fn, device: torch.device, repeats: int) -> float:
 def bench_shape(channels: int, length: int, args, device: torch.device) -> dict:
     torch.manual_seed(0)
     unet_cfg = UNet1DConfig.paper(channels) if not args.small else UNet1DConfig(in_channels=channels)
-    clf_cfg = ClassifierConfig.paper() if not args.small else ClassifierConfig(hidden=64)
+    clf_cfg = ClassifierConfig.paper() if not args.small else ClassifierConfig(kind="gru", hidden=64, num_layers=2)
     unet = UNet1D(unet_cfg).to(device).eval()
     clf = build_classifier(channels, clf_cfg).to(device).eval()
     n_train = args.train_size

@@ -44,12 +44,11 @@ def test_a_disagreement_is_found_and_regenerated(tmp_path):
 
 
 def test_run_sections_default_to_their_dataclass_defaults():
-    """No second set of defaults hidden in RunConfig: each section is its dataclass's default,
-    except the classifier (the run uses a small CNN, the dataclass a GRU)."""
+    """No second set of defaults hidden in RunConfig: each section is its dataclass's default."""
     config = RunConfig()
     differ = [f.name for f in dataclasses.fields(config)
               if dataclasses.is_dataclass(getattr(config, f.name)) and getattr(config, f.name) != type(getattr(config, f.name))()]
-    assert differ == ["classifier"]
+    assert differ == []
     assert app_config_defaults()["sampling.num-inference-steps"] == 25
 
 

@@ -31,11 +31,11 @@ READOUTS = ("final", "last_step")
 @dataclass(frozen=True)
 class ClassifierConfig:
     """``kind`` in {"gru", "cnn"}; ``readout`` (GRU only) in {"final", "last_step"};
-    ``paper()`` is the public code's BiGRU."""
+    ``paper()`` is the public code's BiGRU. The defaults (a small CNN) are the run's."""
 
-    kind: str = "gru"
-    hidden: int = 64
-    num_layers: int = 2
+    kind: str = "cnn"
+    hidden: int = 32
+    num_layers: int = 3
     bidirectional: bool = True
     dropout: float = 0.0
     rnn: str = "torch"

@@ -12,8 +12,7 @@ Every key is checked when it is read: unknown keys (with close matches), unreada
 the rules of ``pipeline.validation`` raise one ``ConfigError`` (a ``ValueError``) that lists
 each problem with its key, so a typo or an impossible setting fails before any work starts.
 ``--set`` values are typed by TOML's rules first (``pipeline.overrides``). The defaults live
-here only: each section's are its dataclass's own (but the classifier's, see
-``RunConfig.classifier``), and pyproject's table is generated from
+here only: each section's are its dataclass's own, and pyproject's table is generated from
 them (``pipeline.app_config``, ``scripts/sync_app_config.py``).
 
 Presets: ``tiny`` (seconds, for tests), ``default`` (a few CPU minutes), ``paper`` (the public
@@ -208,8 +207,7 @@ class RunConfig:
     threads: int = 1  # torch CPU threads of this process (each site's, in a federation)
     output: OutputConfig = field(default_factory=OutputConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    # the one section whose run default is not its dataclass's (a GRU, 64 x 2): a small CNN
-    classifier: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(kind="cnn", hidden=32, num_layers=3))
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     classifier_train: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)
     unet: UNet1DConfig = field(default_factory=UNet1DConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)

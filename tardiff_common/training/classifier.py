@@ -30,7 +30,7 @@ __all__ = ["ClassifierTrainConfig", "train_classifier", "predict_proba", "positi
 
 @dataclass(frozen=True)
 class ClassifierTrainConfig:
-    epochs: int = 10
+    epochs: int = 5
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0

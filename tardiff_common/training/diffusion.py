@@ -37,7 +37,7 @@ __all__ = ["DiffusionTrainConfig", "diffusion_loss", "train_diffusion"]
 
 @dataclass(frozen=True)
 class DiffusionTrainConfig:
-    epochs: int = 30
+    epochs: int = 5
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
