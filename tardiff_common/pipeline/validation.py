@@ -10,11 +10,13 @@ ServerApp (before phase 0) and the ClientApp all check the same rules without as
 * cross-field rules: DDIM's ``sampling.num-inference-steps`` <= ``diffusion.num-steps``;
   ``federation.min-sites`` <= ``federation.num-sites`` (when known);
   ``privacy.target-epsilon`` <= ``privacy.max-epsilon``; DP-SGD is not combined with FedProx;
-* privacy target: the gradient-sum release (one Gaussian step, q = 1) needs no data, so its
-  sigma is solved once with Opacus' accountant and an unreachable target is refused (with
-  DP-SGD on as well this is a necessary condition: the composed run spends more); with DP-SGD
-  only, a target below the RDP accountant's floor (its epsilon as sigma -> infinity) is refused.
-  DP-SGD's schedule depends on each site's training size; ``check_against_data`` solves it per site.
+* privacy plan: without DP-SGD every DP release (phase-0 statistics, gradient sum) is one
+  Gaussian step with q = 1, so the site's plan (``privacy.plan.plan_site``) needs no data: its
+  sigma is solved once with Opacus' accountant, and an unreachable target or a plan above
+  ``privacy.max-epsilon`` is refused. DP-SGD's schedule depends on each site's training size;
+  then only what holds at every size is checked here (the gradient-sum release alone must reach
+  the target; with RDP, the target must lie above the accountant's floor, its epsilon as
+  sigma -> infinity), and ``check_against_data`` solves the full plan per site.
 
 ``check_against_data(config, channels=..., train_sizes=...)`` (``check_sites`` for loaded sites) adds the rules that need the
 loaded data: ``unet.in-channels`` equal to the data's channel count unless left at its
@@ -192,14 +194,20 @@ def _privacy(c: RunConfig) -> Iterator[Problem]:
         yield Problem("privacy.dp-sgd-classifier" if p.dp_sgd_classifier else "privacy.dp-sgd-diffusion",
                       "cannot be combined with federation.strategy = 'fedprox' (Opacus' per-sample gradients "
                       "do not include the proximal term)")
+    if not p.any_dp:
+        return
+    if not p.dp_sgd:
+        # Without DP-SGD every release (phase-0 statistics, gradient sum) is one Gaussian step on
+        # the whole split, q = 1: the plan needs no data, so it is solved exactly, once.
+        yield from _solvable(c, num_train=1)
+        return
     if p.target_epsilon is None:
         return
     from ..privacy.accounting import MAX_SIGMA, Entry, epsilon_of, solve_noise_multiplier
 
     if p.gradient_sum_dp and p.noise_multiplier is None:
-        # The gradient-sum release alone (one Gaussian step, q = 1) needs no data. Without DP-SGD
-        # it is the whole plan; with DP-SGD the composed run spends more, so a target this
-        # release cannot reach is out of reach at any training size.
+        # DP-SGD's schedule needs each site's size, but the gradient-sum release alone needs no
+        # data and the composed run spends more: a target it cannot reach is out of reach at any size.
         try:
             with warnings.catch_warnings():  # Opacus' "optimal order is the largest alpha" while searching
                 warnings.simplefilter("ignore", UserWarning)
@@ -207,7 +215,7 @@ def _privacy(c: RunConfig) -> Iterator[Problem]:
                                        accountant=p.accountant)
         except ValueError as err:
             yield _unreachable(c, str(err))
-    elif p.dp_sgd and p.sgd_noise_multiplier is None and p.accountant == "rdp":
+    elif p.sgd_noise_multiplier is None and p.accountant == "rdp":
         # RDP -> (epsilon, delta) conversion has a floor: as sigma -> infinity every mechanism's
         # epsilon falls to the conversion term of the largest order alpha, whatever the data.
         floor = epsilon_of([Entry("floor", MAX_SIGMA, 1.0, 1, 1.0)], p.delta, "rdp")
@@ -231,7 +239,7 @@ def _unreachable(c: RunConfig, reason: str, site: str | None = None) -> Problem:
                    f"accountant {c.privacy.accountant}): {reason}")
 
 
-def _solvable(c: RunConfig, *, num_train: int, site: str) -> Iterator[Problem]:
+def _solvable(c: RunConfig, *, num_train: int, site: str | None = None) -> Iterator[Problem]:
     """Solve the site's plan (``privacy.plan.plan_site``) once: an unreachable target is a
     problem on ``privacy.target-epsilon``, a plan above the budget one on ``privacy.max-epsilon``."""
     from ..privacy.plan import plan_site
@@ -248,7 +256,7 @@ def _solvable(c: RunConfig, *, num_train: int, site: str) -> Iterator[Problem]:
         epsilon = plan.epsilon(p.delta, p.accountant)
         if epsilon > p.max_epsilon:
             yield Problem("privacy.max-epsilon",
-                          f"the planned run spends epsilon {epsilon:.4g} at site {site!r}, "
+                          f"the planned run spends epsilon {epsilon:.4g}{f' at site {site!r}' if site else ''}, "
                           f"above privacy.max-epsilon = {p.max_epsilon:g}")
 
 

@@ -96,6 +96,13 @@ def test_unreachable_target_epsilon_is_refused_within_seconds(dp):
     assert "1e-06 cannot be reached" in found["privacy.target-epsilon"]
 
 
+def test_a_data_free_plan_above_the_budget_is_refused_up_front():
+    """Without DP-SGD the whole plan (phase-0 statistics, gradient sum) needs no data."""
+    found = problems_of({"privacy.gradient-sum-dp": True, "privacy.noise-multiplier": 0.5,
+                         "privacy.max-epsilon": 1.0})
+    assert list(found) == ["privacy.max-epsilon"] and "the planned run spends epsilon" in found["privacy.max-epsilon"]
+
+
 def test_reachable_target_epsilon_passes():
     config = RunConfig().with_overrides({"privacy.gradient-sum-dp": True, "privacy.target-epsilon": 1.0})
     assert config.privacy.target_epsilon == 1.0
