@@ -14,8 +14,10 @@ Common random numbers: run r of *every* training set uses the same classifier se
 and their difference (``metrics.paired``) is free of the initialization noise that would
 otherwise move a single comparison by a few hundredths of AUROC.
 
-The F1 threshold is chosen on a real split that is neither trained on nor reported (the
-*tuning* split in the pipeline); test splits are only scored. With ``histogram_bins`` each
+The F1 threshold, and the epoch at which each classifier stops (``EvaluationConfig.patience``:
+the epoch with the lowest loss on that split, ``training.early_stopping``), are chosen on a real
+split that is neither trained on nor reported (the *tuning* split in the pipeline); test splits
+are only scored. With ``histogram_bins`` each
 test summary also carries, per run, the counts of predicted scores by label
 (``metrics.histogram_auc``) so that sites can be pooled without sending a record.
 Arrays: x [N, C, L] float32 (normalized scale), y [N] int64.
@@ -32,6 +34,7 @@ from torch import nn
 from ..models.classifier import build_classifier
 from ..pipeline.config import EvaluationConfig, derive_seed
 from ..training.classifier import predict_proba, train_classifier
+from ..training.early_stopping import train_early_stopped
 from .classification import binary_scores, f1_threshold
 from .histogram_auc import score_histogram
 from .summary import summarize_runs
@@ -42,14 +45,20 @@ __all__ = ["fit_evaluation_classifier", "score_training_set", "evaluate_utility"
 Split = tuple[np.ndarray, np.ndarray]
 
 
-def fit_evaluation_classifier(train: Split, config: EvaluationConfig, seed: int, *, device: str = "cpu") -> nn.Module:
+def fit_evaluation_classifier(train: Split, config: EvaluationConfig, seed: int, *, validation: Split | None = None,
+                              device: str = "cpu") -> nn.Module:
     """A fresh evaluation classifier trained on ``train``; its initial weights and batch order
-    depend on ``seed`` only (common random numbers across training sets)."""
+    depend on ``seed`` only (common random numbers across training sets). With a ``validation``
+    split and ``config.patience`` > 0 it stops early on that split's loss and keeps its best
+    epoch (``training.early_stopping``); else it trains ``config.epochs`` epochs."""
     x_train, y_train = train
     run_seed = derive_seed(seed)
     torch.manual_seed(run_seed)  # fresh weights depend on the run's seed, not on what ran before
     model = build_classifier(x_train.shape[1], config.classifier_config()).to(device)
-    train_classifier(model, x_train, y_train, config.train_config(), seed=run_seed)
+    if validation is not None and config.patience > 0:
+        train_early_stopped(model, train, validation, config.train_config(), seed=run_seed, patience=config.patience)
+    else:
+        train_classifier(model, x_train, y_train, config.train_config(), seed=run_seed)
     return model
 
 
@@ -67,7 +76,7 @@ def score_training_set(
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in tests}
     histograms: dict[str, list[list]] = {name: [] for name in tests}
     for seed in config.seeds:
-        model = fit_evaluation_classifier(train, config, seed, device=device)
+        model = fit_evaluation_classifier(train, config, seed, validation=validation, device=device)
         threshold = f1_threshold(validation[1], predict_proba(model, validation[0]))
         for name, (x_test, y_test) in tests.items():
             p = predict_proba(model, x_test)

@@ -99,7 +99,9 @@ class GenerationConfig:
 @dataclass(frozen=True)
 class EvaluationConfig:
     """Downstream model trained for TSTR / TSRTR (fresh per seed), evaluated on the real test split;
-    ``fidelity`` picks the fidelity metrics' settings ("default", "tiny" for tests, "off")."""
+    ``fidelity`` picks the fidelity metrics' settings ("default", "tiny" for tests, "off").
+    ``patience`` > 0: training stops once that many epochs in a row have not lowered the loss on
+    the tuning split and keeps the best epoch (``epochs`` is then the maximum); 0 = fixed epochs."""
 
     classifier: str = "cnn"
     hidden: int = 32
@@ -110,10 +112,13 @@ class EvaluationConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     tsrtr_ratios: tuple[float, ...] = (0.5, 1.0)
     fidelity: str = "default"
+    patience: int = 3
 
     def __post_init__(self) -> None:
         if self.fidelity not in ("off", "tiny", "default"):
             raise ValueError(f"evaluation.fidelity must be 'off', 'tiny' or 'default', got {self.fidelity!r}")
+        if self.patience < 0:
+            raise ValueError(f"evaluation.patience must be >= 0, got {self.patience}")
 
     def classifier_config(self) -> ClassifierConfig:
         return ClassifierConfig(kind=self.classifier, hidden=self.hidden, num_layers=self.num_layers,

@@ -7,7 +7,8 @@ computes its part and the server pools the parts:
     site k, for every candidate c in guidance.candidates (s = 0, unguided, always among them):
         D_c  = synthesize(c)                      tuning_ratio x n_train records, one shared noise
         for every evaluation seed r (the same seeds, hence initial weights, for every c):
-            f_{c,r} = evaluation classifier (guidance.tuning-seeds) trained on  train_k + D_c   ("tsrtr")  or  D_c ("tstr")
+            f_{c,r} = evaluation classifier (guidance.tuning-seeds) trained on  train_k + D_c   ("tsrtr")  or  D_c ("tstr"),
+                      stopped early on the guidance split's loss (evaluation.patience)
             H_{c,r} = histogram of f_{c,r}(x) over the tuning split by label     [2, bins]
     server:  H_{c,r} = sum_k H^k_{c,r};   AUPRC_c = mean_r AUPRC(H_{c,r})
              noise   = |AUPRC_null - AUPRC_unguided|     (a second unguided draw, "null", scored alike)
@@ -77,6 +78,7 @@ def score_candidates_at_site(
     num = max(2, int(round(g.tuning_ratio * len(data.train_y))))
     device = str(next(classifier.parameters()).device)
     real = (data.train_x, data.train_y)
+    stop_on = (data.guidance_x, data.guidance_y) if len(data.guidance_y) else None
     out: dict[str, dict] = {}
     for label, candidate, draw in tuning_rows(config):
         x, y = synthesize(unet, classifier, direction, num_samples=num,
@@ -90,7 +92,8 @@ def score_candidates_at_site(
         for mode, train in training_sets.items():
             row[mode] = []
             for seed in g.tuning_seeds:
-                model = fit_evaluation_classifier(train, config.evaluation, seed, device=device)
+                # early stopping (evaluation.patience) on the guidance split: real, held out, never the tuning split
+                model = fit_evaluation_classifier(train, config.evaluation, seed, validation=stop_on, device=device)
                 p = predict_proba(model, data.tuning_x)
                 row[mode].append(score_histogram(data.tuning_y, p, SCORE_BINS).tolist())
         out[label] = row
