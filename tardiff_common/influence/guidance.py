@@ -32,8 +32,8 @@ whether or not guidance is on, 0 * grad adds exact zeros, and a zero x0 correcti
 ``GuidanceConfig.method`` picks the influence gradient (see ``influence_gradient``):
 "jvp" / "central_difference" (fast), "double_backprop" (reference), "batch_normalized"
 (the public code's batch-coupled objective). With "central_difference" the step is chosen
-once per ``InfluenceGuidance``, on the first guided batch (``choose_fd_step``: ``fd_eps`` and
-1/3, 1/10, 1/30 of it checked against jvp); a classifier with kinks, or one where no step
+once per ``InfluenceGuidance``, on the first guided batch (``choose_fd_step``: 10, 3, 1, 1/3
+and 1/10 times ``fd_eps`` checked against jvp); a classifier with kinks, or one where no step
 meets relative error 1e-3, falls back to jvp with a warning (``fd_note`` says what happened).
 
 ``scale = "auto"`` (the default) is not a step: the run picks (form, s) from
@@ -50,7 +50,12 @@ import torch
 from torch import nn
 
 from ..diffusion.samplers import ReverseMoments
-from .influence_gradient import choose_fd_step, get_influence_grad, influence_grad_central_difference
+from .influence_gradient import (
+    FdStepChoice,
+    choose_fd_step,
+    get_influence_grad,
+    influence_grad_central_difference,
+)
 
 FD_CHECK_BATCH = 8  # samples of the first guided batch the central-difference step is checked on
 
@@ -187,7 +192,7 @@ class InfluenceGuidance:
         device = next(classifier.parameters()).device
         self.direction = direction.to(device=device, dtype=torch.float32)
         self._grad_fn: Callable[..., torch.Tensor] | None = get_influence_grad(config.method)
-        self.fd_note = ""
+        self.fd_choice: FdStepChoice | None = None  # the central difference's step, once chosen
         if self._grad_fn is influence_grad_central_difference:
             self._grad_fn = None  # chosen on the first batch
 
@@ -196,10 +201,15 @@ class InfluenceGuidance:
         if self._grad_fn is None:
             k = min(FD_CHECK_BATCH, x0_hat.shape[0])
             choice = choose_fd_step(self.classifier, x0_hat[:k], y[:k], self.direction, eps=self.config.fd_eps)
-            self._grad_fn, self.fd_note = choice.grad_fn(), choice.message
+            self._grad_fn, self.fd_choice = choice.grad_fn(), choice
             if choice.eps is None:
                 warnings.warn(choice.message, RuntimeWarning, stacklevel=2)
         return self._grad_fn(self.classifier, x0_hat, y, self.direction)
+
+    @property
+    def fd_note(self) -> str:
+        """What the central difference's one-time check decided ("" before it ran / for other methods)."""
+        return self.fd_choice.message if self.fd_choice else ""
 
     def acts_on(self, variance: float) -> bool:
         """Whether this form changes a step of variance Sigma_t (paper / normalized need Sigma_t > 0)."""

@@ -166,7 +166,7 @@ def choose_fd_step(
     *,
     eps: float = 1e-2,
     tol: float = FD_TOLERANCE,
-    factors: tuple[float, ...] = (1.0, 1 / 3, 1 / 10, 1 / 30),
+    factors: tuple[float, ...] = (10.0, 3.0, 1.0, 1 / 3, 1 / 10),
 ) -> FdStepChoice:
     """Pick the central-difference step for ``model`` once, on a small batch x [B, C, L].
 

@@ -162,7 +162,7 @@ def test_unflagged_kinked_classifier_fails_the_check_and_falls_back():
     model.smooth_in_parameters = True
     choice = choose_fd_step(model, x[:8], y[:8], g)
     assert choice.eps is None and "cannot meet" in choice.message, choice.message
-    assert len(choice.errors) == 4 and min(choice.errors.values()) > FD_TOLERANCE
+    assert len(choice.errors) == 5 and min(choice.errors.values()) > FD_TOLERANCE
 
 
 @pytest.mark.parametrize("kind", ["gru", "cnn"])
