@@ -24,7 +24,9 @@ batch loss, normalizes its parameter gradient, dots it with g and differentiates
 so one sample's guidance depends on the rest of its batch.
 
 All functions: model f_theta, x [B, C, L], y [B] long, g [P] -> grad [B, C, L] (dtype of x).
-The model is put in eval mode and never modified.
+The model is put in eval mode and never modified. cuDNN is switched off for the second-order
+methods (double backprop, jvp): its RNN kernels have neither a double backward nor a
+forward-mode derivative (the public code does the same); a no-op on the CPU.
 """
 
 from __future__ import annotations
@@ -71,9 +73,14 @@ def _direction_by_name(model: nn.Module, g: torch.Tensor) -> dict[str, torch.Ten
     return out
 
 
+def _second_order():
+    """cuDNN off: its fused RNN supports neither double backward nor forward-mode AD."""
+    return torch.backends.cudnn.flags(enabled=False)
+
+
 def influence_grad_double_backprop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Reference: grad_x < grad_theta sum_i L_i, g > by double backpropagation."""
-    with eval_mode(model), torch.enable_grad():
+    with eval_mode(model), torch.enable_grad(), _second_order():
         params = trainable_parameters(model)
         x = x.detach().requires_grad_(True)
         loss = per_example_loss(model(x), y).sum()
@@ -102,7 +109,7 @@ def influence_grad_central_difference(
 
 def influence_grad_jvp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """(*) exactly: forward-mode derivative along g in parameter space, then reverse mode in x."""
-    with eval_mode(model), torch.enable_grad():
+    with eval_mode(model), torch.enable_grad(), _second_order():
         params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
         direction = _direction_by_name(model, g)
         xi = x.detach().requires_grad_(True)
@@ -116,7 +123,7 @@ def influence_grad_jvp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: to
 
 def influence_grad_batch_normalized(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Public-code form: grad_x < grad_theta mean_i L_i / ||grad_theta mean_i L_i||, g >."""
-    with eval_mode(model), torch.enable_grad():
+    with eval_mode(model), torch.enable_grad(), _second_order():
         params = trainable_parameters(model)
         x = x.detach().requires_grad_(True)
         loss = per_example_loss(model(x), y).mean()
@@ -128,7 +135,7 @@ def influence_grad_batch_normalized(model: nn.Module, x: torch.Tensor, y: torch.
 
 def influence_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Per-sample influence I(x_i) = < grad_theta L_i, g > for a batch, [B], by one jvp."""
-    with eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad(), _second_order():
         params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
         direction = _direction_by_name(model, g)
         _, scores = jvp(lambda p: per_example_loss(functional_call(model, p, (x,)), y), (params,), (direction,))
