@@ -21,24 +21,20 @@ embeddings of real x_r [N, C, L] and synthetic x_s [M, C, L] (float32, normalize
 
     FD = ||mu_r - mu_s||^2 + Tr(S_r + S_s - 2 (S_r S_s)^{1/2})
 
-with the matrix square root from ``scipy.linalg.sqrtm``; a non-finite root is retried with
-``eps`` * I added to both covariances, and numerical imaginary parts are discarded. Singular
-covariances (a feature constant over a set) are expected and handled; the result agrees with
-the symmetric form Tr((S_r^{1/2} S_s S_r^{1/2})^{1/2}) to ~1e-10 relative. The result
-is clipped at 0. Both sets are subsampled (seeded) to the same size
+with Tr (S_r S_s)^{1/2} computed in the symmetric form Tr((S_r^{1/2} S_s S_r^{1/2})^{1/2})
+from two symmetric eigendecompositions (eigenvalues clipped at 0). Singular covariances (a
+feature constant over a set) are expected and handled exactly. The result is clipped at 0. Both sets are subsampled (seeded) to the same size
 n = min(N, M, ``max_records``) so sample-size bias is the same for every method compared;
 use n well above 2K (the default K = 64 gives 128 dimensions) for a stable estimate.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import linalg
 
 from .discriminative import subsample
 
@@ -108,23 +104,30 @@ class RandomConvEncoder:
         return out
 
 
+def _psd_sqrt(s: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a symmetric PSD matrix (eigenvalues clipped at 0)."""
+    w, v = np.linalg.eigh((s + s.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
 def frechet_distance(
     mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, *, eps: float = 1e-6
 ) -> float:
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) for Gaussians N(mu1, S1), N(mu2, S2)."""
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2}) for Gaussians N(mu1, S1), N(mu2, S2).
+
+    Tr (S1 S2)^{1/2} = Tr (R S2 R)^{1/2} with R = S1^{1/2} (S1 S2 = R (R S2 R) R^{-1} on the range
+    of S1: the same eigenvalues), = sum_i sqrt(lambda_i(R S2 R)) from two symmetric
+    eigendecompositions: exact for singular covariances and far faster than a general ``sqrtm``
+    of S1 S2 (which took ~0.5 s at 128 dimensions on a small, singular site set). ``eps`` is kept
+    for the interface; the symmetric form needs no regularisation.
+    """
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     s1, s2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
-    with warnings.catch_warnings():
-        # Singular covariances are common (e.g. a PPV feature that is 1 for every record);
-        # sqrtm's "singular matrix" warning is expected and the result stays accurate.
-        warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        covmean = linalg.sqrtm(s1 @ s2)
-        if not np.all(np.isfinite(covmean)):
-            offset = np.eye(len(s1)) * eps
-            covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
-    covmean = np.real(covmean)  # discard numerical imaginary parts
+    root = _psd_sqrt(s1)
+    middle = root @ s2 @ root
+    trace_covmean = float(np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0, None))))
     diff = mu1 - mu2
-    value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+    value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_covmean)
     return max(value, 0.0)
 
 

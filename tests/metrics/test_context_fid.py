@@ -58,3 +58,12 @@ def test_singular_covariances_stay_finite():
     s = np.zeros((3, 3))
     s[0, 0] = 1.0
     assert np.isfinite(frechet_distance(np.zeros(3), s, np.ones(3), np.zeros((3, 3))))
+
+
+def test_frechet_distance_matches_the_general_sqrtm_form_on_singular_covariances():
+    """A small set (n < dimension) has singular covariances, as a small site's candidate set does."""
+    rng = np.random.default_rng(4)
+    e1, e2 = rng.normal(size=(12, 40)), rng.normal(size=(12, 40)) * 1.3 + 0.2
+    mu1, s1, mu2, s2 = e1.mean(0), np.cov(e1, rowvar=False), e2.mean(0), np.cov(e2, rowvar=False)
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2) - 2 * np.trace(np.real(linalg.sqrtm(s1 @ s2)))
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-6)
