@@ -20,6 +20,7 @@ Generative story for one patient in hospital h (all draws from a seeded generato
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -196,7 +197,21 @@ def _generate_site(profile: HospitalProfile, length: int, rng: np.random.Generat
 
 
 def generate_hospitals(config: SyntheticICUConfig = SyntheticICUConfig()) -> list[SiteData]:
-    """One ``SiteData`` per hospital, deterministic in ``config.seed``."""
+    """One ``SiteData`` per hospital, deterministic in ``config.seed``.
+
+    The result of the last few configs is kept (arrays read-only): every message of a simulated
+    federation loads its site from this, and regenerating all K sites per message made a run's
+    data cost grow as K^2 (benchmarks/site_scaling.py)."""
+    return list(_generate_hospitals(config))
+
+
+@functools.lru_cache(maxsize=2)
+def _generate_hospitals(config: SyntheticICUConfig) -> tuple[SiteData, ...]:
     profiles = config.resolved_profiles()
     seeds = np.random.SeedSequence(config.seed).spawn(len(profiles))
-    return [_generate_site(p, config.length, np.random.default_rng(s)) for p, s in zip(profiles, seeds)]
+    sites = tuple(_generate_site(p, config.length, np.random.default_rng(s)) for p, s in zip(profiles, seeds))
+    for site in sites:
+        for value in vars(site).values():
+            if isinstance(value, np.ndarray):
+                value.flags.writeable = False
+    return sites
