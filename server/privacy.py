@@ -18,7 +18,8 @@ in a new Flower run (a resumed run is one). So the server keeps, per site, the D
 ``checkpoint/privacy_dispatched.json`` before the messages go out, and every DP message carries
 the site's list so far (``protocol.PRIVACY_SPENT``). Before its next DP step a site whose ledger
 counts fewer operations of a phase than that list adds the missing ones from its plan
-(``client.app._restore_ledger``): its epsilon never falls below what it may have released.
+(``tardiff_common.privacy.ledger_policy.SiteLedger.restore``): its epsilon never falls below what
+it may have released. Phase 0's two noised statistics are logged as "normalization:1" / ":2".
 An operation is taken off the list only when the site's answer shows it released nothing (a
 budget refusal or another error reply); a round that timed out or was cut off by a server crash
 stays on it, and the resumed run's repetition of that round counts again (with the default
@@ -30,13 +31,13 @@ reports of earlier DP replies when that ledger came back shorter).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable
 
 from flwr.app import Message, RecordDict
 
 from tardiff_common import protocol as P
 from tardiff_common.privacy.accounting import BUDGET_MARKER
+from tardiff_common.privacy.report import privacy_rows_of
 from tardiff_common.report.run_folder import write_json_atomic
 
 from .run import ServerRun, TooFewSitesError
@@ -62,7 +63,7 @@ def active_nodes(run: ServerRun) -> list[int]:
 def dp_phase(run: ServerRun, phase: str) -> bool:
     """Whether the sites release under DP in ``phase``."""
     p = run.config.privacy
-    return {"classifier": p.dp_sgd_classifier, "influence": p.gradient_sum_dp,
+    return {"normalization": p.any_dp, "classifier": p.dp_sgd_classifier, "influence": p.gradient_sum_dp,
             "diffusion": p.dp_sgd_diffusion}.get(phase, False)
 
 
@@ -182,7 +183,7 @@ def record_privacy(run: ServerRun, metrics_by_node: dict[int, dict]) -> None:
 
 def privacy_rows(run: ServerRun, site_metrics: dict[str, dict]) -> list[dict]:
     """Report rows {site, phase, dp, epsilon, delta, sigma, clip, steps, sample_rate}: per site one
-    row per phase (classifier, influence, diffusion; ``dp`` False and epsilon None = inf where the
+    row per phase (normalization, classifier, influence, diffusion; ``dp`` False and epsilon None = inf where the
     site released in that phase without DP, 0 where it released nothing), then ``total``: the site's epsilon composed over all its DP
     releases (Opacus, per site; ``covers`` names the phases it covers)."""
     p = run.config.privacy
@@ -194,24 +195,8 @@ def privacy_rows(run: ServerRun, site_metrics: dict[str, dict]) -> list[dict]:
     names = sorted(set(reports) | set(run.registered) | set(site_metrics))
     rows = []
     for name in names:
-        report = reports.get(name, {})
-        covered = []
-        for phase in ("classifier", "influence", "diffusion"):
-            r = report.get(phase)
-            if isinstance(r, dict):
-                covered.append(phase)
-                rows.append({"site": name, "phase": phase, "dp": True, "epsilon": _finite(r.get("epsilon")),
-                             "delta": p.delta, "sigma": r.get("sigma"), "clip": r.get("clip"),
-                             "steps": r.get("steps"), "sample_rate": r.get("sample_rate"), "accountant": p.accountant})
-            else:  # released without DP (epsilon = inf), or not at all (the site was excluded: 0)
-                released = any(name in names_ for names_ in run.participation.get(phase, []))
-                rows.append({"site": name, "phase": phase, "dp": False, "released": released,
-                             "epsilon": None if released else 0.0, "delta": p.delta, "sigma": 0.0, "clip": "-",
-                             "steps": None, "sample_rate": None, "accountant": p.accountant})
-        rows.append({"site": name, "phase": "total", "dp": bool(covered),
-                     "epsilon": _finite(report.get("epsilon")) if covered else None, "delta": p.delta,
-                     "sigma": "-", "clip": "-", "steps": sum(int(report[k].get("steps", 0)) for k in covered),
-                     "sample_rate": "-", "accountant": p.accountant, "covers": "+".join(covered) or "nothing"})
+        rows += privacy_rows_of(name, reports.get(name, {}), p, lambda phase, name=name: any(
+            name in used for used in run.participation.get(phase, [])))
     return rows
 
 
@@ -234,11 +219,3 @@ def _larger(seen: dict | None, final: dict) -> dict:
 def _eps(report: dict) -> float:
     value = report.get("epsilon")
     return -1.0 if value is None else float(value)
-
-
-def _finite(value) -> float | None:
-    """epsilon as a float; None stands for infinity (no noise) in JSON and renders as "inf"."""
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None

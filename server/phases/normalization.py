@@ -6,6 +6,13 @@
     returns its value counts per bin; the server adds them.
 The sums equal the pooled statistics exactly, so the fitted normalizer is the one a central
 curator would fit on the pooled training data. No value of any record is sent.
+
+With DP on (``privacy.any_dp``) both replies are Gaussian mechanisms of the site
+(``tardiff_common.privacy.dp_statistics``: record-weighted, noised, post-processed); the server
+sums them as they come. Each is a DP operation in the dispatch log ("normalization:1" for the
+moments, logged as soon as the site has named itself, "normalization:2" for the histogram, logged
+before it is sent and listed in its message), so a resumed run's sites count them again, and the
+sites' privacy reports are kept for the report's *Privacy* table.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from tardiff_common.data.normalize import (
 )
 from tardiff_common.serialization import normalizer_to_numpy
 
+from ..privacy import dispatch, record_privacy, spent_content
 from ..run import ServerRun, SiteInfo
 
 __all__ = ["run_normalization"]
@@ -57,10 +65,13 @@ def run_normalization(run: ServerRun) -> None:
         moments_parts.append(P.moments_from_record(reply.content[P.MOMENTS]))
     _check_same_shape(infos)
     moments = sum(moments_parts[1:], moments_parts[0])
+    _record_dp(run, replies, 1)
 
-    replies = run.query("normalization", P.HISTOGRAM,
-                        RecordDict({P.MOMENTS: P.moments_record(moments)}),
+    request = RecordDict({P.MOMENTS: P.moments_record(moments)})
+    spent = dispatch(run, "normalization", 2, run.node_ids)
+    replies = run.query("normalization", P.HISTOGRAM, lambda node: spent_content(request, spent.get(node)),
                         expected_arrays=None)
+    _record_dp(run, replies, None)
     edges = histogram_edges_from_moments(moments)
     hist = ChannelHistogram(edges, sum(P.histogram_from_record(r.content[P.HIST]) for r in replies))
     normalizer = make_normalizer(run.config.data.normalizer, moments, hist)
@@ -74,6 +85,16 @@ def run_normalization(run: ServerRun) -> None:
     run.log(f"[normalization] {len(run.sites)} sites: " + ", ".join(
         f"{s.name} ({s.counts['train']} train, {s.counts['train-positives']} positive)" for s in run.sites.values()))
     run.checkpoint("normalization", 0)
+
+
+def _record_dp(run: ServerRun, replies, log_round: int | None) -> None:
+    """With DP on: log the release as dispatched (``log_round``; None = logged before sending) and
+    keep each site's privacy report."""
+    if not run.config.privacy.any_dp:
+        return
+    if log_round is not None:
+        dispatch(run, "normalization", log_round, [r.metadata.src_node_id for r in replies])
+    record_privacy(run, {r.metadata.src_node_id: P.from_metric_record(r.content[P.METRICS]) for r in replies})
 
 
 def _check_same_shape(sites: list[SiteInfo]) -> None:
