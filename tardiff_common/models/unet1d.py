@@ -47,9 +47,10 @@ class UNet1DConfig:
     """Architecture of the 1D U-Net. ``paper()`` is the public code's network, ``paper_small()``
     a lighter one of the same depth, ``tiny()`` a test size. ``head_dim`` is used by the
     "self" attention only (the transformer's heads are ch / heads wide); ``out_kernel`` is the
-    kernel of the final convolution."""
+    kernel of the final convolution. ``in_channels = "auto"`` takes the data's channel count,
+    set when the network is built (``pipeline.phases.new_unet``); ``UNet1D`` needs an integer."""
 
-    in_channels: int = 3
+    in_channels: int | str = "auto"
     dim: int = 32
     dim_mults: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 1
@@ -65,8 +66,10 @@ class UNet1DConfig:
     out_kernel: int = 1
 
     def __post_init__(self) -> None:
-        if self.in_channels < 1 or self.dim < 1:
-            raise ValueError("in_channels and dim must be positive")
+        if self.in_channels != "auto" and not (isinstance(self.in_channels, int) and self.in_channels >= 1):
+            raise ValueError(f"in_channels must be 'auto' or a positive integer, got {self.in_channels!r}")
+        if self.dim < 1:
+            raise ValueError("dim must be positive")
         if not self.dim_mults:
             raise ValueError("dim_mults must name at least one level")
         bad = [lvl for lvl in self.attention_levels if not 0 <= lvl < len(self.dim_mults)]
@@ -89,7 +92,7 @@ class UNet1DConfig:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
 
     @classmethod
-    def paper(cls, in_channels: int, num_classes: int = 2) -> UNet1DConfig:
+    def paper(cls, in_channels: int | str = "auto", num_classes: int = 2) -> UNet1DConfig:
         """The public code's U-Net: 64 channels, mults [1, 2, 4, 4], 2 res blocks, transformer
         attention at downsampling 1, 2 and 4 (levels 0-2) and in the middle, 8 heads, 32 groups,
         residual-block resampling. 22,552,515 parameters at 3 channels (see module docstring)."""
@@ -98,14 +101,14 @@ class UNet1DConfig:
                    attention="transformer", resample="resblock", out_kernel=3)
 
     @classmethod
-    def paper_small(cls, in_channels: int, num_classes: int = 2) -> UNet1DConfig:
+    def paper_small(cls, in_channels: int | str = "auto", num_classes: int = 2) -> UNet1DConfig:
         """Lighter network of the same depth: 64 channels, mults [1, 2, 4, 4], 2 res blocks,
         plain self-attention at the two lowest levels only, 8 heads of 32 (13.2 M parameters)."""
         return cls(in_channels=in_channels, dim=64, dim_mults=(1, 2, 4, 4), num_res_blocks=2,
                    attention_levels=(2, 3), heads=8, head_dim=32, num_classes=num_classes)
 
     @classmethod
-    def tiny(cls, in_channels: int, num_classes: int = 2) -> UNet1DConfig:
+    def tiny(cls, in_channels: int | str = "auto", num_classes: int = 2) -> UNet1DConfig:
         return cls(in_channels=in_channels, dim=8, dim_mults=(1, 2), num_res_blocks=1,
                    attention_levels=(1,), heads=2, head_dim=4, num_classes=num_classes, groups=4)
 
@@ -255,6 +258,9 @@ class UNet1D(nn.Module):
 
     def __init__(self, config: UNet1DConfig):
         super().__init__()
+        if config.in_channels == "auto":
+            raise ValueError("UNet1DConfig.in_channels is 'auto': build the network with the data's channel count, "
+                             "replace(config, in_channels=C)")
         self.config = cfg = config
         emb_dim = 4 * cfg.dim
         self.time_embedding = nn.Sequential(

@@ -361,7 +361,7 @@ def _tiny() -> RunConfig:
         data=DataConfig(length=16, size_scale=0.12),
         classifier=ClassifierConfig(kind="gru", hidden=8, num_layers=1),
         classifier_train=ClassifierTrainConfig(epochs=1, batch_size=32),
-        unet=UNet1DConfig.tiny(3),
+        unet=UNet1DConfig.tiny(),
         diffusion=DiffusionConfig(num_steps=20),
         diffusion_train=DiffusionTrainConfig(epochs=1, batch_size=32),
         sampling=SamplingConfig(num_inference_steps=4),
@@ -377,7 +377,7 @@ def _paper() -> RunConfig:
         data=DataConfig(length=288),
         classifier=ClassifierConfig.paper(),
         classifier_train=ClassifierTrainConfig(epochs=5),
-        unet=UNet1DConfig.paper(3),
+        unet=UNet1DConfig.paper(),
         diffusion=DiffusionConfig(schedule="sqrt_linear", num_steps=200),
         diffusion_train=DiffusionTrainConfig(epochs=20, lr=1e-4, batch_size=64),
         sampling=SamplingConfig(num_inference_steps=50),
@@ -390,7 +390,7 @@ def _paper() -> RunConfig:
 
 def _paper_small() -> RunConfig:
     """``paper`` with a lighter U-Net of the same depth (13.2 M parameters, ``UNet1DConfig.paper_small``)."""
-    return replace(_paper(), unet=UNet1DConfig.paper_small(3))
+    return replace(_paper(), unet=UNet1DConfig.paper_small())
 
 
 PRESETS = {"tiny": _tiny, "default": RunConfig, "paper": _paper, "paper-small": _paper_small}

@@ -18,12 +18,13 @@ ServerApp (before phase 0) and the ClientApp all check the same rules without as
   the target; with RDP, the target must lie above the accountant's floor, its epsilon as
   sigma -> infinity), and ``check_against_data`` solves the full plan per site.
 
-``check_against_data(config, channels=..., train_sizes=...)`` (``check_sites`` for loaded sites) adds the rules that need the
-loaded data: ``unet.in-channels`` equal to the data's channel count unless left at its
-default, and a reachable target epsilon at every site's training size (the site's full plan,
-``privacy.plan.plan_site``). ``unsupported_options(config, mode)`` names the options a run
-mode cannot honour (``refuse_unsupported`` raises them) so that nothing the run does not do is
-recorded as on.
+``check_against_data(config, channels=..., train_sizes=...)`` (``check_sites`` for loaded
+sites) adds the rules that need the loaded data: ``unet.in-channels`` equal to the data's
+channel count or "auto", and a reachable target epsilon within the budget at every site's
+training size (the site's full plan, ``privacy.plan.plan_site``).
+
+``unsupported_options(config, mode)`` names the options a run mode cannot honour
+(``refuse_unsupported`` raises them) so that nothing the run does not do is recorded as on.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ import torch
 from ..diffusion.samplers import SAMPLERS
 from ..diffusion.schedule import SCHEDULES
 from ..models.classifier import CLASSIFIERS
-from ..models.unet1d import UNet1DConfig
 from .config import RunConfig
 from .config_errors import Problem, raise_if_any
 
@@ -276,14 +276,13 @@ def validate_config(config: RunConfig) -> RunConfig:
 
 def check_against_data(config: RunConfig, *, channels: int, train_sizes: Mapping[str, int]) -> None:
     """Rules that need the loaded data (``ConfigError``): ``unet.in-channels`` is the data's
-    channel count or left at its default (then the U-Net takes the data's), and, with DP on,
+    channel count or "auto" (the U-Net takes the data's), and, with DP on,
     each site's planned run (its training size ``train_sizes[site]``) reaches
     ``privacy.target-epsilon`` within ``privacy.max-epsilon``."""
     problems: list[Problem] = []
-    default_channels = UNet1DConfig().in_channels
-    if config.unet.in_channels not in (channels, default_channels):
+    if config.unet.in_channels not in ("auto", channels):
         problems.append(Problem("unet.in-channels", f"is {config.unet.in_channels} but the data has {channels} "
-                                                    f"channels; leave it at its default or set {channels}"))
+                                                    f"channels; set {channels} or auto"))
     if config.privacy.any_dp:
         for site, size in train_sizes.items():
             problems.extend(_solvable(config, num_train=int(size), site=site))

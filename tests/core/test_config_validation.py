@@ -116,11 +116,14 @@ def _site(name: str, n: int, channels: int) -> SiteData:
                     channels=tuple(f"c{i}" for i in range(channels)))
 
 
-def test_in_channels_must_match_the_data_unless_left_at_its_default():
-    check_against_data(RunConfig(), channels=7, train_sizes={})  # default: the U-Net takes the data's
+def test_in_channels_must_match_the_data_or_be_auto():
+    assert RunConfig().unet.in_channels == "auto" and preset("paper").unet.in_channels == "auto"
+    check_against_data(RunConfig(), channels=7, train_sizes={})  # auto: the U-Net takes the data's
     check_against_data(RunConfig().with_overrides({"unet.in-channels": 7}), channels=7, train_sizes={})
-    with pytest.raises(ConfigError, match="unet.in-channels: is 5 but the data has 3 channels"):
-        check_against_data(RunConfig().with_overrides({"unet.in-channels": 5}), channels=3, train_sizes={})
+    for wrong in (5, 3):  # 3 is no longer a silent "default": on 7-channel data it is refused
+        with pytest.raises(ConfigError, match=f"unet.in-channels: is {wrong} but the data has 7 channels; set 7 or auto"):
+            check_against_data(RunConfig().with_overrides({"unet.in-channels": wrong}), channels=7, train_sizes={})
+    assert "'auto' or a positive integer" in problems_of({"unet.in-channels": "three"})["unet.in-channels"]
 
 
 def test_each_site_plan_is_checked_against_the_budget():

@@ -30,7 +30,7 @@ def session(phase="classifier", **kw):
                              reproducible=True, **kw)
 
 
-@pytest.mark.parametrize("config", [UNet1DConfig.tiny(3), UNet1DConfig()], ids=["tiny", "default"])
+@pytest.mark.parametrize("config", [UNet1DConfig.tiny(3), UNet1DConfig(in_channels=3)], ids=["tiny", "default"])
 def test_unet_is_opacus_compatible_and_per_sample_gradients_are_exact(config):
     torch.manual_seed(0)
     unet = UNet1D(config)
