@@ -28,8 +28,9 @@ bins over mean +- 20 std); a record's distribution is taken over ``DP_HISTOGRAM_
 bins (groups of adjacent fine bins), noised, and spread evenly back over the fine bins, so the
 wire shape and the server's PIT normalizer are unchanged.
 
-**Post-processing** (free under DP): noised masses below ``THRESHOLD`` x sigma are set to 0
-(an unoccupied bin stays empty with probability 1 - 1.3e-3); a channel left empty keeps its
+**Post-processing** (free under DP): noised masses below t x sigma are set to 0, with t the
+normal quantile 1 - ``FALSE_BIN_RATE`` / (number of bins), so that with probability >= 99 % no
+empty bin survives (a spurious bin at a far magnitude would wreck the moments); a channel left empty keeps its
 largest noised bin (at mass >= 1e-6), so every site answers with a usable statistic. Masses are
 scaled back by sqrt(C) (to records). The released statistics depend on the data only through S~.
 """
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -46,7 +48,8 @@ from ..data.normalize import ChannelHistogram, ChannelMoments
 
 __all__ = [
     "DP_HISTOGRAM_BINS",
-    "THRESHOLD",
+    "FALSE_BIN_RATE",
+    "threshold",
     "magnitude_edges",
     "record_distributions",
     "gaussian_release",
@@ -58,7 +61,7 @@ __all__ = [
 ]
 
 DP_HISTOGRAM_BINS = 128
-THRESHOLD = 3.0
+FALSE_BIN_RATE = 0.01
 MIN_EXPONENT, MAX_EXPONENT, BINS_PER_OCTAVE = -8, 16, 8
 
 
@@ -94,10 +97,15 @@ def gaussian_release(total: np.ndarray, *, noise_multiplier: float, generator: t
     return total + noise_multiplier * noise
 
 
+def threshold(num_bins: int) -> float:
+    """t such that P(max of ``num_bins`` N(0, 1) draws >= t) <= ``FALSE_BIN_RATE`` (union bound)."""
+    return NormalDist().inv_cdf(1.0 - FALSE_BIN_RATE / max(num_bins, 1))
+
+
 def denoise(noisy: np.ndarray, *, noise_multiplier: float) -> np.ndarray:
-    """Post-processing of a noised [C, B] mass (see module doc): threshold, keep each channel's
-    largest bin if nothing is left, non-negative."""
-    out = np.where(noisy >= THRESHOLD * noise_multiplier, noisy, 0.0)
+    """Post-processing of a noised [C, B] mass (see module doc): threshold at t(C B) x sigma, keep
+    each channel's largest bin if nothing is left, non-negative."""
+    out = np.where(noisy >= threshold(noisy.size) * noise_multiplier, noisy, 0.0)
     for c in range(out.shape[0]):
         if not (out[c] > 0).any():
             b = int(np.argmax(noisy[c]))
