@@ -73,22 +73,23 @@ def test_dp_run_with_secure_aggregation_end_to_end(tmp_path):
     metrics = run_federated(grid, config, log=lambda *_: None)
     run_dir = tmp_path / "run"
 
-    # the ledger survived every message through serialized state: 2 + 1 + 2 DP operations per site
+    # the ledger survived every message through serialized state: 2 + 2 + 1 + 2 DP operations per site
     rows = {(r["site"], r["phase"]): r for r in metrics["privacy"]}
     for context in grid.contexts.values():
         ledger = P.load_ledger(context)
         site = load_site(context).name
-        assert [e.phase for e in ledger.entries] == ["classifier"] * 2 + ["influence"] + ["diffusion"] * 2
+        assert [e.phase for e in ledger.entries] == (["normalization"] * 2 + ["classifier"] * 2 + ["influence"]
+                                                     + ["diffusion"] * 2)
         total = opacus_epsilon(ledger, config.privacy.delta)
         assert rows[(site, "total")]["epsilon"] == pytest.approx(total, rel=1e-3)
         assert 3.9 <= total <= 4.0
-        for phase in ("classifier", "influence", "diffusion"):
+        for phase in ("normalization", "classifier", "influence", "diffusion"):
             row = rows[(site, phase)]
             assert row["delta"] == 1e-5 and row["clip"] == 1.0 and row["sigma"] > 0 and row["epsilon"] < total
     report = (run_dir / "report.md").read_text()
     assert "## Privacy" in report and "| hospital_c | influence |" in report and "SecAgg+" in report
     saved = json.loads((run_dir / "metrics.json").read_text())
-    assert len(saved["privacy"]) == 3 * 4 and saved["privacy_settings"]["secure_aggregation"] is True
+    assert len(saved["privacy"]) == 3 * 5 and saved["privacy_settings"]["secure_aggregation"] is True
     assert set(saved["membership"]) == {"tardiff", "unguided", "unguided_2"}
 
     # the server only ever saw masked vectors in the influence phase
@@ -117,14 +118,15 @@ def test_dp_run_with_secure_aggregation_end_to_end(tmp_path):
 
 
 def _site_epsilons(config: RunConfig) -> dict[str, tuple[float, float]]:
-    """(epsilon of the first classifier DP-SGD round, of the whole planned run) per tiny site."""
+    """(epsilon once the first classifier DP-SGD round is spent -- after phase 0's two noised
+    statistics --, of the whole planned run) per tiny site."""
     from tardiff_common.pipeline.phases import prepare_splits
 
     sites = generate_hospitals(SyntheticICUConfig(length=16, size_scale=0.12))
     out = {}
     for s in sites:
         plan = plan_site(config, len(prepare_splits(s, config).train.y))
-        first = PrivacyLedger([plan.classifier_round]).epsilon(config.privacy.delta)
+        first = PrivacyLedger([plan.normalization] * 2 + [plan.classifier_round]).epsilon(config.privacy.delta)
         out[s.name] = (first, plan.epsilon(config.privacy.delta, config.privacy.accountant))
     return out
 
@@ -166,9 +168,9 @@ def test_budget_refusal_drops_the_site(tmp_path):
     assert metrics["participation"]["diffusion"] == [others]
     assert metrics["privacy_settings"]["excluded_sites"] == [worst]
     phases_of = {s: {r["phase"] for r in metrics["privacy"] if r["site"] == s and r["dp"]} for s in everyone}
-    assert phases_of[worst] == {"classifier", "influence", "total"}  # it never ran DP-SGD on the U-Net
+    assert phases_of[worst] == {"normalization", "classifier", "influence", "total"}  # no DP-SGD on the U-Net
     for site in others:
-        assert phases_of[site] == {"classifier", "influence", "diffusion", "total"}
+        assert phases_of[site] == {"normalization", "classifier", "influence", "diffusion", "total"}
     for row in metrics["privacy"]:
         if row["phase"] == "total":
             assert row["epsilon"] <= flat["privacy.max-epsilon"]
