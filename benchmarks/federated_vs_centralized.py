@@ -77,12 +77,12 @@ def main() -> None:
     print("  " + f"{'message type':20s}" + "".join(f"{s:>16s}" for s in sites))
     for mtype, by_site in sorted(per_round.items()):
         print("  " + f"{mtype:20s}" + "".join(f"{by_site.get(s, 0):16,.0f}" for s in sites))
-    import torch
+    import numpy as np
 
-    ckpt = torch.load(out / "centralized" / "checkpoint.pt", weights_only=True)
-    clf = sum(t.numel() * t.element_size() for t in ckpt["classifier"].values())
-    unet = sum(t.numel() * t.element_size() for t in ckpt["unet"].values())
-    params = sum(t.numel() for t in ckpt["classifier"].values())
+    with np.load(out / "centralized" / "checkpoint.npz") as ckpt:  # checkpoint.TrainedTarDiff's format
+        clf = sum(ckpt[k].nbytes for k in ckpt.files if k.startswith("classifier/"))
+        unet = sum(ckpt[k].nbytes for k in ckpt.files if k.startswith("unet/model."))
+        params = sum(ckpt[k].size for k in ckpt.files if k.startswith("classifier/"))
     print(f"\nparameters alone: classifier {clf:,} B; U-Net + EMA {2 * unet:,} B; "
           f"gradient sum G_k {8 * params:,} B (float64) + one count")
     print(f"\naudit: {fed['communication']['replies']} replies, {fed['communication']['arrays_checked']} arrays "

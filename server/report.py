@@ -20,12 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from tardiff_common.metrics.pooling import strip_histograms
-from tardiff_common.privacy.report import privacy_settings
+from tardiff_common.pipeline.evaluation import pool_membership, pool_site_metrics
 from tardiff_common.report.markdown import render_report
 from tardiff_common.report.plots import plot_metric_bars, plot_site_bars
 from tardiff_common.report.run_folder import to_jsonable, write_bytes_atomic, write_json_atomic
 
-from .phases.generation import pool_site_metrics
 from .privacy import privacy_rows
 from .run import ServerRun
 
@@ -133,27 +132,19 @@ def _communication_section(comm: dict) -> str:
 
 
 def _privacy_settings(run: ServerRun) -> dict:
-    out = privacy_settings(run.config.privacy, run.state.get("privacy_excluded", []))
-    if run.config.privacy.secure_aggregation:
-        out["secagg_quantization_bound"] = run.state.get("secagg_quantization_bound")
+    p = run.config.privacy
+    out = {"gradient_sum_dp": p.gradient_sum_dp, "dp_sgd_classifier": p.dp_sgd_classifier,
+           "dp_sgd_diffusion": p.dp_sgd_diffusion, "accountant": p.accountant, "delta": p.delta,
+           "target_epsilon": p.target_epsilon, "max_epsilon": p.max_epsilon,
+           "on_budget_exceeded": p.on_budget_exceeded, "secure_aggregation": p.secure_aggregation,
+           "excluded_sites": list(run.state.get("privacy_excluded", []))}
+    if p.secure_aggregation:
+        out.update(secagg_num_shares=p.secagg_num_shares,
+                   secagg_reconstruction_threshold=p.secagg_reconstruction_threshold,
+                   secagg_clipping_range=p.secagg_clipping_range,
+                   secagg_quantization_range=p.secagg_quantization_range,
+                   secagg_quantization_bound=run.state.get("secagg_quantization_bound"))
     return out
-
-
-def pool_membership(site_metrics: dict[str, dict]) -> dict[str, dict]:
-    """{set: {"mia_auc": test-size-weighted mean over sites with a finite AUC, "sites": n}}."""
-    pooled: dict[str, dict] = {}
-    names = [n for n in sorted(site_metrics) if isinstance(site_metrics[n].get("membership"), dict)]
-    sets = sorted({k for n in names for k in site_metrics[n]["membership"]})
-    for name in sets:
-        values, weights = [], []
-        for site in names:
-            auc = site_metrics[site]["membership"].get(name, {}).get("mia_auc")
-            if auc is not None and np.isfinite(auc):
-                values.append(float(auc))
-                weights.append(float(site_metrics[site].get("test_size", 1)))
-        pooled[name] = {"mia_auc": float(np.average(values, weights=weights)) if values else float("nan"),
-                        "sites": len(values)}
-    return pooled
 
 
 def _privacy_section(metrics: dict) -> str:

@@ -82,7 +82,7 @@ def rows_of(seed: int, run: str, metrics: dict) -> list[dict]:
     """One row per (view, protocol, set, metric): view "main" (centralized pooled test split /
     federated site-weighted) and, federated, "hist-pooled" (histogram-pooled over sites)."""
     views = {"main": (metrics["tstr"], metrics["tsrtr"])}
-    if metrics.get("histogram_pooled"):
+    if metrics.get("federated") and metrics.get("histogram_pooled"):  # one site: the pooled test split again
         views["hist-pooled"] = (metrics["histogram_pooled"]["tstr"], metrics["histogram_pooled"]["tsrtr"])
     rows = []
     for view, (tstr, tsrtr) in views.items():

@@ -5,10 +5,10 @@ at the trained classifier theta*. Whether that is the right target is an empiric
 does a synthetic record's score predict what it is worth to a classifier trained *from scratch*
 on real + synthetic data? This study measures it without guidance, on an unguided pool.
 
-1. Pipeline (the operations of ``run_centralized`` on the pooled sites): splits, normalizer,
-   ``federation.classifier-rounds`` classifier rounds keeping a copy theta_r after each
-   (the checkpoints) and G_r on the guidance split at each (theta_R = theta*, G = G_R), then the
-   diffusion model with its EMA.
+1. Pipeline (``pipeline.fit.train_models`` on the pooled sites, as ``run_centralized`` does):
+   splits, normalizer, ``federation.classifier-rounds`` classifier rounds keeping a copy theta_r
+   after each (the checkpoints) and G_r on the guidance split at each (theta_R = theta*,
+   G = G_R), then the diffusion model with its EMA.
 2. Pool: ``--pool-ratio`` x n_train unguided samples (EMA model, balanced labels).
 3. Scores of every pool record (``tardiff_common.influence.scores``): final influence,
    trajectory influence (TracIn over the checkpoints), typicality (denoising error of the
@@ -59,7 +59,6 @@ import torch
 from scipy import stats
 
 from tardiff_common.data.loading import load_sites_for
-from tardiff_common.diffusion.ema import EMA
 from tardiff_common.influence.gradient_sum import GradientSum
 from tardiff_common.influence.scores import final_influence, trajectory_influence, typical_influence, typicality
 from tardiff_common.metrics.classification import binary_scores
@@ -67,18 +66,11 @@ from tardiff_common.metrics.utility import fit_evaluation_classifier
 from tardiff_common.models.classifier import per_example_loss
 from tardiff_common.pipeline.centralized import pooled_data
 from tardiff_common.pipeline.config import RunConfig, derive_seed
-from tardiff_common.pipeline.phases import (
-    classifier_round,
-    diffusion_round,
-    guidance_sum,
-    new_classifier,
-    new_schedule,
-    new_unet,
-    resolve_device,
-    synthesize,
-)
+from tardiff_common.pipeline.fit import train_models
+from tardiff_common.pipeline.phases import guidance_sum, new_schedule, resolve_device, synthesize
+from tardiff_common.pipeline.timing import PhaseTimer
 from tardiff_common.report.run_folder import write_bytes_atomic, write_json_atomic
-from tardiff_common.training.classifier import positive_class_weight, predict_proba
+from tardiff_common.training.classifier import predict_proba
 
 from .study_cli import add_config_args, config_from_args
 
@@ -211,37 +203,32 @@ def run_study(config: RunConfig, *, subsets: int = 40, pool_ratio: float = 2.0, 
 
     # 1. pipeline ------------------------------------------------------------------------------
     sites = load_sites_for(config.data)
-    _, _, _, data = pooled_data(config, sites)
+    _, _, normalizer, data = pooled_data(config, sites)
     n_train = len(data.train_y)
     log(f"[data] {len(sites)} site(s): {n_train} train / {len(data.guidance_y)} guidance / "
         f"{len(data.tuning_y)} tuning records ({int(data.tuning_y.sum())} positive), "
         f"{data.in_channels} channels x {data.length} steps")
     lap("data")
 
-    classifier = new_classifier(config, data.in_channels, device)
-    pos_weight = positive_class_weight(data.train_y, config.classifier_train.class_weighting)
     checkpoints: list[torch.nn.Module] = []
     sums: list[GradientSum] = []
-    for r in range(1, config.federation.classifier_rounds + 1):
-        stats_r = classifier_round(classifier, data, config, server_round=r, site_index=0, pos_weight=pos_weight)
+
+    def keep_round(r: int, classifier: torch.nn.Module) -> None:
         checkpoints.append(copy.deepcopy(classifier).eval())
         sums.append(guidance_sum(classifier, data, config))
-        log(f"[classifier] round {r}/{config.federation.classifier_rounds} loss {stats_r['loss']:.4f}, "
-            f"||G_r|| / n = {float(sums[-1].total.norm()) / sums[-1].count:.4g}")
-    G = sums[-1]
-    direction = G.direction()
-    lap("classifier")
+        log(f"[classifier] round {r}: ||G_r|| / n = {float(sums[-1].total.norm()) / sums[-1].count:.4g}")
 
-    unet = new_unet(config, data.in_channels, device)
-    ema = EMA(unet, config.diffusion_train.ema_decay)
-    for r in range(1, config.federation.diffusion_rounds + 1):
-        stats_r = diffusion_round(unet, ema, data, config, server_round=r, site_index=0)
-        log(f"[diffusion] round {r}/{config.federation.diffusion_rounds} loss {stats_r['loss']:.4f}")
-    lap("diffusion")
+    timer = PhaseTimer()
+    trained = train_models(config, data, normalizer, device=device, log=log, timer=timer,
+                           after_classifier_round=keep_round)
+    classifier, direction, generator = trained.classifier, trained.direction, trained.generator
+    timing.update(timer.as_dict())
+    timing.pop("total", None)
+    clock = time.perf_counter()
 
     # 2. pool ------------------------------------------------------------------------------------
     n_pool = max(4, int(round(pool_ratio * n_train)))
-    pool_x, pool_y = synthesize(ema.shadow, classifier, direction, num_samples=n_pool, positive_fraction=0.5,
+    pool_x, pool_y = synthesize(generator, classifier, direction, num_samples=n_pool, positive_fraction=0.5,
                                 length=data.length, config=config, site_index=0, guidance=None)
     log(f"[pool] {n_pool} unguided records ({int(pool_y.sum())} positive)")
     lap("sampling")
@@ -250,7 +237,7 @@ def run_study(config: RunConfig, *, subsets: int = 40, pool_ratio: float = 2.0, 
     schedule = new_schedule(config)
     steps = sorted({min(schedule.num_steps - 1, int(round(f * schedule.num_steps))) for f in TYPICALITY_FRACTIONS})
     final = final_influence(classifier, direction, pool_x, pool_y)
-    typ = typicality(ema.shadow, schedule, pool_x, pool_y, timesteps=steps, seed=derive_seed(seed, 1),
+    typ = typicality(generator, schedule, pool_x, pool_y, timesteps=steps, seed=derive_seed(seed, 1),
                      draws=TYPICALITY_DRAWS)
     with torch.no_grad():
         first = next(classifier.parameters())
@@ -365,7 +352,7 @@ def run_study(config: RunConfig, *, subsets: int = 40, pool_ratio: float = 2.0, 
                   "typicality_timesteps": steps, "typicality_draws": TYPICALITY_DRAWS, "bootstrap": BOOTSTRAP,
                   "ci": "95 % percentile bootstrap over subsets"},
         "sizes": {"train": n_train, "train_positive": int(data.train_y.sum()), "guidance": len(data.guidance_y),
-                  "guidance_records_in_G": G.count, "tuning": len(data.tuning_y),
+                  "guidance_records_in_G": trained.gradient_sum.count, "tuning": len(data.tuning_y),
                   "tuning_positive": int(data.tuning_y.sum()), "pool": n_pool, "pool_positive": int(pool_y.sum()),
                   "subset": subset_size, "subset_positive": int(pool_y[members[0]].sum()),
                   "classifier_checkpoints": len(checkpoints)},

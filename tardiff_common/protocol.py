@@ -58,6 +58,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.app.error import Error
 from flwr.common.constant import ErrorCode
 
+# the U-Net + EMA weights travel joined ("model.<name>", "ema.<name>"), as in a checkpoint's "unet" group
+from tardiff_common.checkpoint import DIFFUSION_EMA, DIFFUSION_MODEL, join_diffusion_arrays, split_diffusion_arrays
 from tardiff_common.data.normalize import ChannelMoments
 from tardiff_common.influence.gradient_sum import GradientSum
 from tardiff_common.privacy.accounting import PrivacyLedger
@@ -87,6 +89,10 @@ __all__ = [
     "load_ledger",
     "save_ledger",
     "refusal_reply",
+    "DIFFUSION_MODEL",
+    "DIFFUSION_EMA",
+    "join_diffusion_arrays",
+    "split_diffusion_arrays",
 ]
 
 STATS = "query.stats"
@@ -271,24 +277,6 @@ def direction_record(direction: np.ndarray) -> ArrayRecord:
 
 def direction_from_record(record: ArrayRecord) -> np.ndarray:
     return from_array_record(record)[DIRECTION_KEY]
-
-
-DIFFUSION_MODEL = "model."  # key prefix of the U-Net weights in a train.diffusion ArrayRecord
-DIFFUSION_EMA = "ema."  # key prefix of its EMA weights in the same record
-
-
-def join_diffusion_arrays(model: dict[str, np.ndarray], ema: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Both U-Net weight sets in one dict ("model.<name>", "ema.<name>"), so FedAvg averages
-    them key by key in one ArrayRecord."""
-    return {**{DIFFUSION_MODEL + k: v for k, v in model.items()},
-            **{DIFFUSION_EMA + k: v for k, v in ema.items()}}
-
-
-def split_diffusion_arrays(arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Inverse of ``join_diffusion_arrays``: (model weights, EMA weights)."""
-    model = {k[len(DIFFUSION_MODEL):]: v for k, v in arrays.items() if k.startswith(DIFFUSION_MODEL)}
-    ema = {k[len(DIFFUSION_EMA):]: v for k, v in arrays.items() if k.startswith(DIFFUSION_EMA)}
-    return model, ema
 
 
 def spent_record(ops: list[str]) -> ConfigRecord:

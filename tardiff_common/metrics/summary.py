@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-__all__ = ["mean_ci", "summarize_runs", "weighted_summary"]
+__all__ = ["mean_ci", "summarize_runs", "finite_weighted_mean", "weighted_summary"]
 
 
 def mean_ci(values: list[float] | np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -41,22 +41,23 @@ def summarize_runs(runs: list[dict[str, float]]) -> dict[str, object]:
     return out
 
 
+def finite_weighted_mean(values, weights) -> float:
+    """sum_k w_k v_k / sum_k w_k over the k whose v_k is finite (None counts as NaN); NaN if no
+    finite value carries weight. A site where a score is undefined (e.g. AUROC on a one-class
+    test split) is left out of that score's average, the other weights renormalized."""
+    vals = np.array([np.nan if v is None else v for v in values], dtype=float)
+    w = np.asarray(weights, dtype=float) * np.isfinite(vals)
+    return float(np.nansum(vals * w) / w.sum()) if w.sum() > 0 else float("nan")
+
+
 def weighted_summary(summaries: list[dict], weights: list[float]) -> dict[str, object]:
     """Pool per-site summaries run by run, weighting site k by ``weights[k]`` (its test size).
 
-    A site whose value is NaN for a metric (e.g. AUROC on a one-class test split) is left out
-    of that metric and the remaining weights are renormalized.
+    Each run's pooled value is ``finite_weighted_mean`` of the sites' values of that run.
     """
     if not summaries or len(summaries) != len(weights):
         raise ValueError("need one weight per summary")
     metrics = list(summaries[0]["values"])
     runs = min(len(s["values"][metrics[0]]) for s in summaries)
-    pooled_runs = []
-    for r in range(runs):
-        row = {}
-        for m in metrics:
-            vals = np.array([s["values"][m][r] if s["values"][m][r] is not None else np.nan for s in summaries], dtype=float)
-            w = np.asarray(weights, dtype=float) * np.isfinite(vals)
-            row[m] = float(np.nansum(vals * w) / w.sum()) if w.sum() > 0 else float("nan")
-        pooled_runs.append(row)
-    return summarize_runs(pooled_runs)
+    return summarize_runs([{m: finite_weighted_mean([s["values"][m][r] for s in summaries], weights) for m in metrics}
+                           for r in range(runs)])

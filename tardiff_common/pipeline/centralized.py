@@ -1,54 +1,69 @@
 """Centralized TarDiff on pooled data: the reference the federated run is compared against.
 
-It runs the same phase operations as a Flower site (``phases``) on the pooled splits, with
-the same round schedule (rounds of local epochs, a fresh optimizer each round) and the same
-normalization path (moments, then a histogram, summed over sites), so a one-site federation
-reproduces it exactly.
+``fit(config, sites)`` pools the sites' splits, fits the normalizer on their summed phase-0
+statistics (moments, then a histogram) and trains the models (``fit.train_models``: the same
+phase operations and round schedule as a Flower site), so a one-site federation reproduces it
+exactly. ``run_centralized`` then selects the guidance, samples, and evaluates the pooled data
+as the one site "pooled" with the federated run's ``evaluation.evaluate_site`` and pooling
+(the same metrics.json schema, ``evaluation.RESULT_KEYS``), plus the pooled-trained evaluation
+classifiers on each hospital's test split (``site_weighted``, ``per_site_test``).
 
 Output (a run folder that appears whole or not at all): ``metrics.json``, ``report.md``,
 ``config.json``, ``profiles.png``, ``examples.png``, ``tstr.png``, ``synthetic.npz`` (the
-synthetic sets in original units) and ``checkpoint.pt`` (models, normalizer, G).
+synthetic sets in original units) and ``checkpoint.npz`` (``checkpoint.TrainedTarDiff``: models,
+normalizer, G; the format of the federated server's ``checkpoint/state.npz``).
+
+Privacy (``privacy.*``, docs/PRIVACY.md): the pooled data holder runs the federated site's
+mechanisms -- noised phase-0 statistics, DP-SGD of the classifier and the U-Net, the DP
+gradient-sum release -- under one ledger policy (``privacy.ledger_policy.SiteLedger`` for site
+"pooled": one plan solved for the pooled training size, one Opacus accountant), checked against
+``privacy.max-epsilon`` before every step; ``metrics.json["privacy"]`` has the federated run's
+row shape. ``SUPPORTED_PRIVACY`` lists what it honours; anything else (secure aggregation) is
+refused before work starts (``validation.refuse_unsupported``).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
+from ..checkpoint import TrainedTarDiff
 from ..data.contract import SiteData, SiteSplits, concat_sites
 from ..data.normalize import Normalizer, make_normalizer
-from ..diffusion.ema import EMA
-from ..influence.gradient_sum import GradientSum
-from ..metrics.paired import paired_tables
+from ..metrics.pooling import strip_histograms
 from ..metrics.summary import weighted_summary
-from ..metrics.utility import evaluate_utility
+from ..privacy.report import privacy_rows_of, privacy_settings
 from ..report.markdown import render_report
 from ..report.plots import plot_class_profiles, plot_examples, plot_metric_bars
 from ..report.run_folder import atomic_run_folder, to_jsonable
-from ..training.classifier import positive_class_weight
+from .benchmark import BENCHMARK_NOTE, gbm_benchmark
 from .config import RunConfig
+from .evaluation import evaluate_site, pool_membership, pool_site_metrics
+from .external import EXTERNAL, external_section, load_external, transform_external
+from .fit import train_models
 from .phases import (
     NormalizedSplits,
-    classifier_round,
-    diffusion_round,
-    fidelity_of_sets,
     generate_synthetic_sets,
-    guidance_sum,
     local_histogram,
     local_moments,
-    new_classifier,
-    new_unet,
     normalize_splits,
     prepare_splits,
     resolve_device,
 )
 from .selection import resolve_guidance, select_guidance, selection_record
 from .timing import PhaseTimer
+from .validation import refuse_unsupported
 
-__all__ = ["run_centralized", "pool_splits", "pooled_data"]
+if TYPE_CHECKING:
+    from ..privacy.ledger_policy import SiteLedger
+
+__all__ = ["fit", "run_centralized", "pool_splits", "pooled_data", "SUPPORTED_PRIVACY", "POOLED"]
+
+SUPPORTED_PRIVACY = ("gradient_sum_dp", "dp_sgd_classifier", "dp_sgd_diffusion")
+POOLED = "pooled"  # the data holder's name in the privacy ledger and rows
 
 
 def pool_splits(splits: list[SiteSplits]) -> SiteSplits:
@@ -60,18 +75,51 @@ def pool_splits(splits: list[SiteSplits]) -> SiteSplits:
     )
 
 
-def pooled_data(config: RunConfig, sites: list[SiteData]) -> tuple[list[SiteSplits], SiteSplits, Normalizer,
-                                                                    NormalizedSplits]:
+def pooled_data(config: RunConfig, sites: list[SiteData], *, privacy: SiteLedger | None = None,
+                ) -> tuple[list[SiteSplits], SiteSplits, Normalizer, NormalizedSplits]:
     """(per-site splits, pooled splits, normalizer, pooled splits on the model scale): each site
-    split, its training moments and histogram summed as in phase 0, the normalizer fitted on them."""
+    split, its training moments and histogram summed as in phase 0, the normalizer fitted on them.
+    With a ``privacy`` ledger that has DP on, the pooled data holder releases both statistics
+    noised instead (``privacy.dp_statistics``), each recorded in the ledger."""
     splits = [prepare_splits(site, config) for site in sites]
     pooled = pool_splits(splits)
     if len(np.unique(pooled.train.y)) < 2:
         raise ValueError("the pooled training split has only one class; TarDiff needs both")
-    moments = sum((local_moments(s) for s in splits[1:]), local_moments(splits[0]))
-    histogram = sum((local_histogram(s, moments) for s in splits[1:]), local_histogram(splits[0], moments))
+    if privacy is not None and privacy.enabled:
+        moments, histogram = _dp_statistics(config, pooled, privacy)
+    else:
+        moments = sum((local_moments(s) for s in splits[1:]), local_moments(splits[0]))
+        histogram = sum((local_histogram(s, moments) for s in splits[1:]), local_histogram(splits[0], moments))
     normalizer = make_normalizer(config.data.normalizer, moments, histogram)
     return splits, pooled, normalizer, normalize_splits(pooled, normalizer)
+
+
+def _dp_statistics(config: RunConfig, pooled: SiteSplits, privacy: SiteLedger):
+    """Phase 0 under DP on the pooled training split: noised moments, then the noised histogram
+    on the grid they fix (releases 1 and 2 of the plan's "normalization" entry)."""
+    from ..data.normalize import histogram_edges_from_moments
+    from ..privacy.dp_statistics import dp_histogram, dp_moments, statistics_generator
+
+    train, p = pooled.train, config.privacy
+    planned = privacy.planned("normalization", "normalization moments")
+    moments = dp_moments(train.x, train.mask, noise_multiplier=planned.noise_multiplier,
+                         generator=statistics_generator(p.reproducible_noise, config.seed, 0, 1)).value
+    privacy.record([planned], "normalization")
+    planned = privacy.planned("normalization", "normalization histogram")
+    histogram = dp_histogram(train.x, train.mask, histogram_edges_from_moments(moments),
+                             noise_multiplier=planned.noise_multiplier,
+                             generator=statistics_generator(p.reproducible_noise, config.seed, 0, 2)).value
+    privacy.record([planned], "normalization")
+    return moments, histogram
+
+
+def fit(config: RunConfig, sites: list[SiteData], *, ledger: SiteLedger | None = None, progress: bool = False,
+        log=print) -> TrainedTarDiff:
+    """Phases 0-3 on the pooled sites: the normalizer, theta*, G and the U-Net + EMA (DP steps,
+    if ``ledger`` plans any, recorded in it)."""
+    _, _, normalizer, data = pooled_data(config, sites, privacy=ledger)
+    return train_models(config, data, normalizer, device=resolve_device(config.device), ledger=ledger,
+                        progress=progress, log=log)
 
 
 def run_centralized(
@@ -89,76 +137,73 @@ def run_centralized(
     if out_dir.exists():
         raise ValueError(f"run folder {str(out_dir)!r} already exists; choose another --out (nothing was overwritten)")
 
+    refuse_unsupported(config, "centralized")
     with timer("data"):
-        splits, pooled, normalizer, data = pooled_data(config, sites)
+        external = load_external(config, sites)  # a bad evaluation.external-path fails here, before training
+        ledger = None
+        if config.privacy.any_dp:
+            from ..privacy.ledger_policy import SiteLedger
+
+            train_size = sum(len(prepare_splits(site, config).train.y) for site in sites)
+            ledger = SiteLedger(config, POOLED, train_size)
+            ledger.plan()  # an unreachable target fails here, before any training
+        splits, pooled, normalizer, data = pooled_data(config, sites, privacy=ledger)
         per_site = [normalize_splits(s, normalizer) for s in splits]
+        if external is not None:  # imputed and normalized with training statistics only
+            external, external_x = transform_external(external, pooled.train, normalizer)
     log(f"[data] {len(sites)} site(s), {len(data.train_y)} train / {len(data.guidance_y)} guidance / "
         f"{len(data.tuning_y)} tuning / {len(data.test_y)} test records, {data.in_channels} channels x "
         f"{data.length} steps")
 
-    with timer("classifier"):
-        classifier = new_classifier(config, data.in_channels, device)
-        pos_weight = positive_class_weight(data.train_y, config.classifier_train.class_weighting)
-        for r in range(1, config.federation.classifier_rounds + 1):
-            stats = classifier_round(classifier, data, config, server_round=r, site_index=0, pos_weight=pos_weight,
-                                     progress=progress)
-            log(f"[classifier] round {r}/{config.federation.classifier_rounds} loss {stats['loss']:.4f}")
-
-    with timer("influence"):
-        G: GradientSum = guidance_sum(classifier, data, config)
-        direction = G.direction()
-    log(f"[influence] G over {G.count} guidance records, ||G|| = {float(G.total.norm()):.4g}")
-
-    with timer("diffusion"):
-        unet = new_unet(config, data.in_channels, device)
-        ema = EMA(unet, config.diffusion_train.ema_decay)
-        for r in range(1, config.federation.diffusion_rounds + 1):
-            stats = diffusion_round(unet, ema, data, config, server_round=r, site_index=0, progress=progress)
-            log(f"[diffusion] round {r}/{config.federation.diffusion_rounds} loss {stats['loss']:.4f}")
+    trained = train_models(config, data, normalizer, device=device, ledger=ledger, progress=progress, log=log,
+                           timer=timer)
+    classifier, direction = trained.classifier, trained.direction
 
     requested = config
     with timer("selection"):
-        selection = select_guidance(ema.shadow, classifier, direction, [data], config, progress=progress)
+        selection = select_guidance(trained.generator, classifier, direction, [data], config, progress=progress)
         config = resolve_guidance(config, selection["chosen"])
     log(f"[selection] {selection['summary']}")
 
     with timer("generation"):
-        synthetic, influence = generate_synthetic_sets(ema.shadow, classifier, direction, data, config,
+        synthetic, influence = generate_synthetic_sets(trained.generator, classifier, direction, data, config,
                                                        site_index=0, progress=progress)
     log(f"[generation] {len(synthetic['tardiff'][1])} records per set; mean influence " +
         ", ".join(f"{k} {v:.4g}" for k, v in influence.items()))
 
     with timer("evaluation"):
-        fidelity = fidelity_of_sets(synthetic, data, config)
-        tests = {"pooled": (data.test_x, data.test_y), **{s.name: (s.test_x, s.test_y) for s in per_site}}
-        utility = evaluate_utility(
-            (data.train_x, data.train_y), (data.tuning_x, data.tuning_y), tests, synthetic,
-            config.evaluation, device=str(device),
-        )
+        tests = {s.name: (s.test_x, s.test_y) for s in per_site}
+        if external is not None:
+            tests[EXTERNAL] = (external_x, external.y)
+        site = evaluate_site(classifier, synthetic, data, config, site_index=0, influence=influence, other_tests=tests)
+        by_test = strip_histograms(site.pop("other_tests"))
+        gbm = gbm_benchmark(pooled, {"pooled": pooled.test, **{s.name: s.test for s in splits},
+                                     **({EXTERNAL: external} if external is not None else {})},
+                            config.evaluation.seeds)
+    site_metrics = {POOLED: site}
     weights = [len(s.test_y) for s in per_site]
     metrics = {
         "federated": False,
-        "tstr": {m: by_test["pooled"] for m, by_test in utility["tstr"].items()},
-        "tsrtr": {m: {r: by_test["pooled"] for r, by_test in rs.items()} for m, rs in utility["tsrtr"].items()},
+        **pool_site_metrics(site_metrics),
         "site_weighted": {
-            "tstr": {m: weighted_summary([by_test[s.name] for s in per_site], weights)
-                     for m, by_test in utility["tstr"].items()},
-            "tsrtr": {m: {r: weighted_summary([by_test[s.name] for s in per_site], weights)
-                          for r, by_test in rs.items()} for m, rs in utility["tsrtr"].items()},
+            "tstr": {m: weighted_summary([by_test[s.name]["tstr"][m] for s in per_site], weights)
+                     for m in site["tstr"]},
+            "tsrtr": {m: {r: weighted_summary([by_test[s.name]["tsrtr"][m][r] for s in per_site], weights)
+                          for r in rs} for m, rs in site["tsrtr"].items()},
         },
-        "per_site_test": {
-            s.name: {"tstr": {m: by_test[s.name] for m, by_test in utility["tstr"].items()}} for s in per_site
-        },
-        "paired": paired_tables({m: by_test["pooled"] for m, by_test in utility["tstr"].items()},
-                                {m: {r: by_test["pooled"] for r, by_test in rs.items()}
-                                 for m, rs in utility["tsrtr"].items()}),
+        "per_site_test": {s.name: {"tstr": by_test[s.name]["tstr"]} for s in per_site},
+        "baselines": {"gbm": gbm, "note": BENCHMARK_NOTE},
+        **({"external": external_section(external, by_test[EXTERNAL]["tstr"], by_test[EXTERNAL]["tsrtr"],
+                                         gbm[EXTERNAL])} if external is not None else {}),
         "selection": selection_record(selection),
-        "influence": influence,
-        "fidelity": fidelity,
-        "guidance_records": G.count,
+        "sites": strip_histograms(site_metrics),
+        "guidance_records": trained.gradient_sum.count,
         "data": {"source": config.data.source, "sites": [s.summary() for s in sites]},
         "timing": timer.as_dict(),
         "device": str(device),
+        "privacy": privacy_rows_of(POOLED, ledger.summary() if ledger else {}, config.privacy, lambda _: True),
+        "privacy_settings": privacy_settings(config.privacy, []),
+        "membership": pool_membership(site_metrics),
     }
 
     with atomic_run_folder(out_dir) as staging:
@@ -173,18 +218,7 @@ def run_centralized(
             **{f"{k}_x": v[0] for k, v in sets_units.items() if k != "real"},
             **{f"{k}_y": v[1] for k, v in sets_units.items() if k != "real"},
         )
-        torch.save(
-            {
-                "version": 1,
-                "classifier": classifier.state_dict(),
-                "unet": unet.state_dict(),
-                "unet_ema": ema.shadow.state_dict(),
-                "guidance_sum": G.total,
-                "guidance_count": G.count,
-                "normalizer": normalizer.state_dict(),
-            },
-            staging / "checkpoint.pt",
-        )
+        trained.save(staging / "checkpoint.npz")
         (staging / "config.json").write_text(json.dumps(to_jsonable(requested.to_flat()), indent=2) + "\n")
         (staging / "metrics.json").write_text(json.dumps(to_jsonable(metrics), indent=2) + "\n")
         report = render_report(metrics, title="TarDiff run report (centralized)",

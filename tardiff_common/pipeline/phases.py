@@ -9,8 +9,9 @@ Phase 1  classifier    : classifier_round (local epochs of f_theta from the glob
 Phase 2  influence     : guidance_sum -> G_k = sum_i grad_theta L(z_i) over the guidance split
 Phase 3  diffusion     : diffusion_round (local epochs of eps_phi, EMA carried along)
 Phase 3b selection     : ``pipeline.selection`` scores the guidance candidates on the tuning split
-Phase 4  generation    : synthesize (unguided, a second unguided draw, the chosen guidance)
-                         + evaluate (TSTR / TSRTR on the test split, F1 threshold on the tuning split)
+Phase 4  generation    : synthesize (unguided, a second unguided draw, the chosen guidance);
+                         ``pipeline.evaluation.evaluate_site`` scores the sets (TSTR / TSRTR on the
+                         test split, F1 threshold on the tuning split, fidelity, membership)
 
 Privacy (``config.privacy``, see ``tardiff_common.privacy``): ``classifier_round`` and
 ``diffusion_round`` take an optional ``DPTrainingSession`` (``dp_session``), and
@@ -352,69 +353,3 @@ def generate_synthetic_sets(
     influence = {name: mean_influence(classifier, direction, x, y) for name, (x, y) in synthetic.items()}
     influence["real_train"] = mean_influence(classifier, direction, data.train_x, data.train_y)
     return synthetic, influence
-
-
-def evaluate_site(
-    classifier: nn.Module,
-    synthetic: dict[str, tuple[np.ndarray, np.ndarray]],
-    data: NormalizedSplits,
-    config: RunConfig,
-) -> dict:
-    """Phase 4b at one site: TSTR / TSRTR against the site's own test split (F1 threshold on its
-    tuning split; per-run score histograms for pooling), the site-local real-only reference, and
-    the federated classifier theta*."""
-    from ..metrics.classification import binary_scores, f1_threshold
-    from ..metrics.histogram_auc import SCORE_BINS
-    from ..metrics.utility import evaluate_utility
-    from ..training.classifier import predict_proba
-
-    device = str(next(classifier.parameters()).device)
-    tests = {"site": (data.test_x, data.test_y)}
-    utility = evaluate_utility(
-        (data.train_x, data.train_y), (data.tuning_x, data.tuning_y), tests, synthetic, config.evaluation,
-        device=device, histogram_bins=SCORE_BINS,
-    )
-    threshold = f1_threshold(data.tuning_y, predict_proba(classifier, data.tuning_x))
-    for summary in _summaries(utility):  # flat counts travel in a MetricRecord
-        summary["histograms"] = np.asarray(summary["histograms"], dtype=np.int64).reshape(-1).tolist()
-    return {
-        "tstr": {m: by_test["site"] for m, by_test in utility["tstr"].items()},
-        "tsrtr": {m: {r: by_test["site"] for r, by_test in rs.items()} for m, rs in utility["tsrtr"].items()},
-        "global_classifier": binary_scores(data.test_y, predict_proba(classifier, data.test_x), threshold),
-        "fidelity": fidelity_of_sets(synthetic, data, config, membership=False),
-        "test_size": int(len(data.test_y)),
-    }
-
-
-def _summaries(utility: dict):
-    """Every test summary of an ``evaluate_utility`` result."""
-    for by_test in utility["tstr"].values():
-        yield from by_test.values()
-    for by_ratio in utility["tsrtr"].values():
-        for by_test in by_ratio.values():
-            yield from by_test.values()
-
-
-def fidelity_of_sets(
-    synthetic: dict[str, tuple[np.ndarray, np.ndarray]],
-    data: NormalizedSplits,
-    config: RunConfig,
-    *,
-    membership: bool = True,
-) -> dict[str, dict[str, float]]:
-    """{set: fidelity scores} (discriminative, predictive MAE, Context-FID and, if asked, the
-    membership attack with DCR) of each synthetic set against this site's real records."""
-    from ..metrics.fidelity import FIDELITY_METRICS, FidelityConfig, fidelity_scores
-
-    if config.evaluation.fidelity == "off":
-        return {}
-    base = FidelityConfig.tiny() if config.evaluation.fidelity == "tiny" else FidelityConfig()
-    metrics = tuple(m for m in FIDELITY_METRICS if membership or m != "membership")
-    fid_config = replace(base, metrics=metrics)
-    seed = derive_seed(config.seed, PHASE_IDS["evaluation"])
-    out: dict[str, dict[str, float]] = {}
-    for name, pair in synthetic.items():
-        same = next((k for k, other in synthetic.items() if other is pair and k in out), None)
-        out[name] = dict(out[same]) if same else fidelity_scores(data.train_x, data.test_x, pair[0], seed=seed,
-                                                                   config=fid_config)
-    return out

@@ -109,7 +109,7 @@ def render_report(metrics: dict, *, title: str, figures: list[str]) -> str:
         lines += ["", "## TSRTR: real + synthetic (ratio x real size), test on real", ""]
         rows = {f"real + {name} x{ratio}": s for name, by_ratio in metrics["tsrtr"].items() for ratio, s in by_ratio.items()}
         lines += _score_table(rows)
-    pooled = metrics.get("histogram_pooled") or {}
+    pooled = (metrics.get("histogram_pooled") or {}) if federated else {}  # one "site" centrally: the same test split
     if pooled.get("tstr"):
         lines += ["", "## Pooled over sites from score histograms", "",
                   "AUROC / AUPRC of all sites' test records together, computed from the sites' counts of "
@@ -134,6 +134,9 @@ def render_report(metrics: dict, *, title: str, figures: list[str]) -> str:
         ]
         lines += [f"| {k} | {v:.4g} |" for k, v in infl.items() if isinstance(v, (int, float))]
     fidelity = metrics.get("fidelity") or {}
+    if fidelity and not federated:  # the federated report has its own membership section
+        fidelity = {name: {**scores, **{k: v for k, v in (metrics.get("membership") or {}).get(name, {}).items()
+                                        if k == "mia_auc"}} for name, scores in fidelity.items()}
     if fidelity:
         keys = [k for k in ("discriminative", "predictive_mae", "context_fid", "mia_auc", "mia_f1", "dcr_ratio")
                 if any(k in v for v in fidelity.values())]

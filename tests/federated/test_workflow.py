@@ -10,6 +10,7 @@ import torch
 
 from client import site as client_site
 from server.audit import RecordShapedReplyError
+from tardiff_common.checkpoint import TrainedTarDiff
 from tardiff_common.data.contract import SiteData
 from tardiff_common.data.normalize import fit_normalizer
 from tardiff_common.data.synthetic import HospitalProfile, SyntheticICUConfig, generate_hospitals
@@ -86,14 +87,17 @@ def test_one_site_fedavg_equals_centralized(tmp_path):
     config = RunConfig().with_overrides(flat)
     sites = generate_hospitals(SyntheticICUConfig(num_hospitals=1, length=16, size_scale=0.12))
     run_centralized(config, sites, tmp_path / "central", progress=False, log=lambda *_: None)
-    central = torch.load(tmp_path / "central" / "checkpoint.pt", weights_only=True)
-    for name, value in central["classifier"].items():
-        np.testing.assert_array_equal(fed[f"classifier/{name}"], value.numpy(), err_msg=name)
-    for name, value in central["unet"].items():
-        np.testing.assert_array_equal(fed[f"unet/model.{name}"], value.numpy(), err_msg=name)
-    for name, value in central["unet_ema"].items():
-        np.testing.assert_array_equal(fed[f"unet/ema.{name}"], value.numpy(), err_msg=name)
-    np.testing.assert_array_equal(fed["gradient_sum/sum"], central["guidance_sum"].numpy())
+    # one checkpoint format: the server's state.npz loads as a TrainedTarDiff like the centralized file
+    central = TrainedTarDiff.load(tmp_path / "central" / "checkpoint.npz", config)
+    federated = TrainedTarDiff.load(tmp_path / "run" / "checkpoint" / "state.npz", config,
+                                    guidance_records=central.gradient_sum.count)  # the server keeps it in JSON
+    central_arrays, fed_arrays = central.to_arrays(), federated.to_arrays()
+    assert set(central_arrays) == set(fed_arrays)
+    for key, value in central_arrays.items():
+        np.testing.assert_array_equal(fed_arrays[key], value, err_msg=key)
+    for key in ("classifier/", "unet/", "gradient_sum/sum"):  # and they are the arrays the server saved
+        for name in (k for k in central_arrays if k.startswith(key)):
+            np.testing.assert_array_equal(fed[name], central_arrays[name], err_msg=name)
 
 
 def test_every_reply_is_audited_and_none_is_record_shaped(tmp_path):

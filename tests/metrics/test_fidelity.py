@@ -47,7 +47,16 @@ def test_summary_over_seeds():
 
 
 def test_config_fields_are_flat_scalars_or_tuples():
-    """So the lead can add FidelityConfig as a RunConfig section with "fidelity.<field>" keys."""
+    """So FidelityConfig can become a RunConfig section with "fidelity.<field>" keys."""
     for value in FidelityConfig().to_dict().values():
         assert isinstance(value, (int, float, str, tuple))
-    assert RunConfig  # imported for the flat-key convention it documents
+    assert not set(FidelityConfig().to_dict()) & set(RunConfig().to_flat())  # no flat key taken already
+
+
+def test_run_config_fidelity_levels_map_onto_fidelity_configs():
+    """evaluation.fidelity = "tiny" is the quick config, "default" the default one, "off" none."""
+    from tardiff_common.pipeline.evaluation import fidelity_config
+
+    assert fidelity_config(RunConfig().with_overrides({"evaluation.fidelity": "tiny"})) == FidelityConfig.tiny()
+    assert fidelity_config(RunConfig().with_overrides({"evaluation.fidelity": "default"})) == FidelityConfig()
+    assert fidelity_config(RunConfig().with_overrides({"evaluation.fidelity": "off"})) is None
