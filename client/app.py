@@ -4,13 +4,13 @@ Each handler turns the server's message into calls of ``tardiff_common.pipeline.
 this site's records and answers with parameters, sums, counts or metrics only. Synthetic
 records stay on the site's disk.
 
-Privacy (``privacy.*``, docs/PRIVACY.md): with DP on, the influence handler releases a clipped
-and noised G_k and the training handlers run DP-SGD; every DP step is appended to the site's
-ledger in ``context.state`` (``protocol.PRIVACY_LEDGER``) and checked against
-``privacy.max-epsilon`` *before* it runs (a refusal is an error reply naming site, phase and the
-epsilon it would reach). A DP message also lists the DP operations the server sent this site
-before (``protocol.PRIVACY_SPENT``); a site whose ledger was lost with its state (a restarted
-SuperNode, a resumed run) restores it from its plan first (``_restore_ledger``). Replies carry
+Privacy (``privacy.*``, docs/PRIVACY.md): with DP on, phase 0 releases noised statistics
+(``privacy.dp_statistics``), the influence handler a clipped and noised G_k, and the training
+handlers run DP-SGD. The ledger policy (budget check *before* a step, recording, restoring a
+ledger lost with the site's state from the DP operations the server lists in
+``protocol.PRIVACY_SPENT``) is ``privacy.ledger_policy.SiteLedger``; the handlers here only load
+it from and save it to ``context.state`` (``_site_ledger``). A refusal is an error reply naming
+site, phase and the epsilon it would reach. Replies carry
 the site's epsilon as metrics ("privacy/..."). Training replies are packed like the request
 (``protocol.reply_record``: one flat vector, averaged element-wise by FedAvg). With
 ``privacy.secure-aggregation`` the influence step runs as the SecAgg+ "train" handler below.
@@ -18,8 +18,10 @@ the site's epsilon as metrics ("privacy/..."). Training replies are packed like 
 
 from __future__ import annotations
 
+import functools
 import warnings
-from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -31,14 +33,16 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from flwr.compat.common import recorddict_compat as compat
 
 from tardiff_common import protocol as P
+from tardiff_common.data.normalize import histogram_edges_from_moments
 from tardiff_common.diffusion.ema import EMA
 from tardiff_common.influence.gradient_sum import GradientSum
 from tardiff_common.influence.guidance import Candidate
 from tardiff_common.pipeline import phases
 from tardiff_common.pipeline.evaluation import evaluate_site
 from tardiff_common.pipeline.selection import resolve_guidance, score_candidates_at_site
-from tardiff_common.privacy.accounting import Entry, PrivacyBudgetExceeded, PrivacyLedger
-from tardiff_common.privacy.plan import SitePlan, plan_site
+from tardiff_common.privacy.accounting import PrivacyBudgetExceeded, PrivacyLedger
+from tardiff_common.privacy.dp_statistics import dp_histogram, dp_moments, statistics_generator
+from tardiff_common.privacy.ledger_policy import SiteLedger
 from tardiff_common.report.run_folder import write_npz_atomic
 from tardiff_common.serialization import load_module_numpy, module_to_numpy, normalizer_from_numpy
 
@@ -75,59 +79,20 @@ def _reply(msg: Message, **records) -> Message:
 # ----------------------------------------------------------------------------- privacy
 
 
-def _plan(site: Site, context: Context) -> SitePlan:
-    """The site's DP schedule with solved noise multipliers (cached in ``context.state``)."""
-    fed = site.config.federation
-    if P.PRIVACY_PLAN in context.state.config_records:
-        entries = P.load_ledger(context, P.PRIVACY_PLAN).entries
-    else:
-        plan = plan_site(site.config, len(site.splits.train.y))
-        entries = [e for e in (plan.gradient_sum, plan.classifier_round, plan.diffusion_round) if e is not None]
-        P.save_ledger(context, PrivacyLedger(entries), P.PRIVACY_PLAN)
-    by_phase = {e.phase: e for e in entries}
-    return SitePlan(by_phase.get("influence"), by_phase.get("classifier"), by_phase.get("diffusion"),
-                    fed.classifier_rounds, fed.diffusion_rounds)
-
-
-def _check_budget(site: Site, context: Context, planned: Entry, step: str) -> None:
-    """Raise ``PrivacyBudgetExceeded`` if ``planned`` would take the site over ``privacy.max-epsilon``."""
-    p = site.config.privacy
-    P.load_ledger(context).check_budget([planned], site=site.name, phase=step, delta=p.delta,
-                                        accountant=p.accountant, max_epsilon=p.max_epsilon)
-
-
-def _record(site: Site, context: Context, entries: list[Entry], phase: str) -> dict:
-    """Append ``entries`` to the site's ledger; {"privacy": {"epsilon": total, phase: {...}}} metrics."""
-    p = site.config.privacy
-    ledger = P.load_ledger(context)
-    ledger.add(entries)
-    P.save_ledger(context, ledger)
-    summary = ledger.summary(p.delta, p.accountant)
-    return {"privacy": {"epsilon": summary["epsilon"], "delta": p.delta, phase: summary[phase]}}
-
-
-def _restore_ledger(site: Site, context: Context, spent: list[str]) -> None:
-    """Count every DP operation the server dispatched to this site before (``spent``: "<phase>:<round>").
-
-    The ledger lives in ``context.state``, which a restarted SuperNode or a resumed run (a new
-    Flower run) no longer has. For each DP phase in which the ledger counts fewer operations
-    than the server dispatched, the missing ones are added from the site's plan (the same
-    entries its DP steps record), so the site's epsilon and budget checks never fall below what
-    it may have released. A ledger that counts as many or more is left as it is.
-    """
-    p = site.config.privacy
-    if not spent or not (p.gradient_sum_dp or p.dp_sgd):
-        return
-    plan = _plan(site, context)
-    entries = {"classifier": plan.classifier_round, "influence": plan.gradient_sum, "diffusion": plan.diffusion_round}
-    ledger = P.load_ledger(context)
-    have = Counter(e.phase for e in ledger.entries)
-    want = Counter(op.split(":")[0] for op in spent)
-    missing = [entries[phase] for phase, n in want.items() if entries.get(phase) is not None
-               for _ in range(n - have[phase])]
-    if missing:
-        ledger.add(missing)
-        P.save_ledger(context, ledger)
+@contextmanager
+def _site_ledger(site: Site, context: Context, msg_spent: list[str] | None = None) -> Iterator[SiteLedger]:
+    """The site's ledger policy (``tardiff_common.privacy.ledger_policy``) loaded from ``context.state``,
+    restored from the operations the server dispatched before (``msg_spent``), saved back afterwards
+    (also when a step is refused: a restored entry is never lost)."""
+    plan = P.load_ledger(context, P.PRIVACY_PLAN).entries if P.PRIVACY_PLAN in context.state.config_records else None
+    policy = SiteLedger(site.config, site.name, len(site.splits.train.y), P.load_ledger(context), plan)
+    try:
+        policy.restore(msg_spent or [])
+        yield policy
+    finally:
+        P.save_ledger(context, policy.ledger)
+        if policy.plan_entries is not None:
+            P.save_ledger(context, PrivacyLedger(policy.plan_entries), P.PRIVACY_PLAN)
 
 
 def _spent(msg: Message) -> list[str]:
@@ -135,42 +100,36 @@ def _spent(msg: Message) -> list[str]:
     return P.spent_ops(record["ops"]) if record is not None else []
 
 
-def _site_gradient_sum(site: Site, context: Context, data: phases.NormalizedSplits,
+def _site_gradient_sum(site: Site, policy: SiteLedger, data: phases.NormalizedSplits,
                        model: torch.nn.Module) -> tuple[GradientSum, dict]:
     """G_k (DP-released when ``privacy.gradient-sum-dp``) and the metrics to send with it."""
-    if not site.config.privacy.gradient_sum_dp:
+    planned = policy.planned("influence")
+    if planned is None:
         return phases.guidance_sum(model, data, site.config), {}
-    planned = _plan(site, context).gradient_sum
-    _check_budget(site, context, planned, "influence")
     g_sum, clipped = phases.dp_guidance_sum(model, data, site.config, noise_multiplier=planned.noise_multiplier,
                                             site_index=site.index)
-    metrics = _record(site, context, [planned], "influence")
+    metrics = policy.record([planned], "influence")
     metrics["privacy"]["influence"]["clipped_fraction"] = clipped.clipped_fraction
     return g_sum, metrics
 
 
-def _dp_session(site: Site, context: Context, phase: str, server_round: int):
+def _dp_session(site: Site, policy: SiteLedger, phase: str, server_round: int):
     """A DP-SGD session for this round of ``phase`` (None when DP-SGD is off for it); checks the budget."""
-    p = site.config.privacy
-    if not (p.dp_sgd_classifier if phase == "classifier" else p.dp_sgd_diffusion):
-        return None
-    plan = _plan(site, context)
-    planned = plan.classifier_round if phase == "classifier" else plan.diffusion_round
-    _check_budget(site, context, planned, f"{phase} round {server_round}")
-    return phases.dp_session(site.config, planned, server_round=server_round, site_index=site.index)
+    planned = policy.planned(phase, f"{phase} round {server_round}")
+    return phases.dp_session(site.config, planned, server_round=server_round, site_index=site.index) \
+        if planned else None
 
 
 def _refusals(handler):
     """Turn a ``PrivacyBudgetExceeded`` into an error reply carrying its message."""
 
+    @functools.wraps(handler)
     def wrapped(msg: Message, context: Context) -> Message:
         try:
             return handler(msg, context)
         except PrivacyBudgetExceeded as err:
             return P.refusal_reply(msg, str(err))
 
-    wrapped.__name__ = handler.__name__
-    wrapped.__doc__ = handler.__doc__
     return wrapped
 
 
@@ -178,10 +137,24 @@ def _refusals(handler):
 
 
 @app.query("stats")
+@_refusals
 def stats(msg: Message, context: Context) -> Message:
     """Per-channel moments of the training split + record counts (for the audit and weights)."""
     site = load_site(context)
-    moments = phases.local_moments(site.splits)
+    train = site.splits.train
+    summary = train.summary()
+    missing = list(summary["missing_fraction"].values())
+    privacy = {}
+    with _site_ledger(site, context, _spent(msg)) as policy:
+        planned = policy.planned("normalization", "normalization moments")
+        if planned is None:
+            moments = phases.local_moments(site.splits)
+        else:  # noised record-weighted moments; the missing fraction is read off them (post-processing)
+            moments = dp_moments(train.x, train.mask, noise_multiplier=planned.noise_multiplier,
+                                 generator=statistics_generator(site.config.privacy.reproducible_noise,
+                                                                site.config.seed, site.index, 1)).value
+            missing = list(np.clip(1.0 - moments.count / max(len(train.y), 1), 0.0, 1.0))
+            privacy = P.flatten_metrics(policy.record([planned], "normalization"))
     parts = site.splits.parts()
     counts = {
         **{name: len(part.y) for name, part in parts.items()},
@@ -189,12 +162,11 @@ def stats(msg: Message, context: Context) -> Message:
         "channels": site.splits.train.num_channels,
         "length": site.splits.train.length,
     }
-    summary = site.splits.train.summary()
     return _reply(
         msg,
         **{
             P.MOMENTS: P.moments_record(moments),
-            P.METRICS: MetricRecord({**counts, "missing-fraction": list(summary["missing_fraction"].values())}),
+            P.METRICS: MetricRecord({**counts, "missing-fraction": [float(m) for m in missing], **privacy}),
             P.SITE: ConfigRecord({"name": site.name, "index": site.index,
                                   "channels": list(site.splits.train.channels)}),
         },
@@ -202,13 +174,25 @@ def stats(msg: Message, context: Context) -> Message:
 
 
 @app.query("histogram")
+@_refusals
 def histogram(msg: Message, context: Context) -> Message:
     """Counts of training values on the grid fixed by the global moments."""
     site = load_site(context)
     global_moments = P.moments_from_record(msg.content[P.MOMENTS])
-    hist = phases.local_histogram(site.splits, global_moments)
+    privacy = {}
+    with _site_ledger(site, context, _spent(msg)) as policy:
+        planned = policy.planned("normalization", "normalization histogram")
+        if planned is None:
+            hist = phases.local_histogram(site.splits, global_moments)
+        else:  # coarse record-weighted counts, noised, spread over the fine grid
+            train = site.splits.train
+            hist = dp_histogram(train.x, train.mask, histogram_edges_from_moments(global_moments),
+                                noise_multiplier=planned.noise_multiplier,
+                                generator=statistics_generator(site.config.privacy.reproducible_noise,
+                                                               site.config.seed, site.index, 2)).value
+            privacy = P.flatten_metrics(policy.record([planned], "normalization"))
     return _reply(msg, **{P.HIST: P.histogram_record(hist.counts),
-                          P.METRICS: MetricRecord({"num-examples": len(site.splits.train.y)}),
+                          P.METRICS: MetricRecord({"num-examples": len(site.splits.train.y), **privacy}),
                           P.SITE: _site_record(site)})
 
 
@@ -224,14 +208,14 @@ def train_classifier(msg: Message, context: Context) -> Message:
     config = P.config_from_record(msg.content[P.CONFIG])
     server_round = int(config["server-round"])
     model = _classifier(site, P.from_array_record(msg.content[P.ARRAYS]))
-    _restore_ledger(site, context, _spent(msg))
-    session = _dp_session(site, context, "classifier", server_round)
-    stats = phases.classifier_round(model, data, site.config, server_round=server_round, site_index=site.index,
-                                    pos_weight=float(config["pos-weight"]),
-                                    **({"privacy": session} if session else {}))
-    metrics = {"num-examples": len(data.train_y), "loss": stats["loss"]}
-    if session:
-        metrics.update(P.flatten_metrics(_record(site, context, session.entries, "classifier")))
+    with _site_ledger(site, context, _spent(msg)) as policy:
+        session = _dp_session(site, policy, "classifier", server_round)
+        stats = phases.classifier_round(model, data, site.config, server_round=server_round, site_index=site.index,
+                                        pos_weight=float(config["pos-weight"]),
+                                        **({"privacy": session} if session else {}))
+        metrics = {"num-examples": len(data.train_y), "loss": stats["loss"]}
+        if session:
+            metrics.update(P.flatten_metrics(policy.record(session.entries, "classifier")))
     return _reply(msg, **{P.ARRAYS: P.reply_record(module_to_numpy(model), msg.content[P.ARRAYS]),
                           P.METRICS: MetricRecord(metrics),
                           P.SITE: _site_record(site)})
@@ -248,8 +232,8 @@ def influence(msg: Message, context: Context) -> Message:
     site = load_site(context)
     data = _normalized(site, msg)
     model = _classifier(site, P.from_array_record(msg.content[P.CLASSIFIER]))
-    _restore_ledger(site, context, _spent(msg))
-    g_sum, extra = _site_gradient_sum(site, context, data, model)
+    with _site_ledger(site, context, _spent(msg)) as policy:
+        g_sum, extra = _site_gradient_sum(site, policy, data, model)
     gradient, count = P.gradient_sum_content(g_sum)
     return _reply(msg, **{P.GRADIENT: gradient,
                           P.METRICS: MetricRecord({**count, **P.flatten_metrics(extra)}),
@@ -276,8 +260,8 @@ def secure_influence(msg: Message, context: Context) -> Message:
     normalizer = dict(zip(norm_names, arrays[len(cls_names):], strict=True))
     site = load_site(context)
     data = phases.normalize_splits(site.splits, normalizer_from_numpy(normalizer))
-    _restore_ledger(site, context, P.spent_ops(cfg.get(P.PRIVACY_SPENT, "")))
-    g_sum, extra = _site_gradient_sum(site, context, data, _classifier(site, classifier))
+    with _site_ledger(site, context, P.spent_ops(cfg.get(P.PRIVACY_SPENT, ""))) as policy:
+        g_sum, extra = _site_gradient_sum(site, policy, data, _classifier(site, classifier))
     scale = float(cfg["scale"])
     vector = np.concatenate([g_sum.to_numpy() * scale, [g_sum.count * scale]])
     metrics = {k: float(v) for k, v in P.flatten_metrics(extra).items()}
@@ -304,14 +288,14 @@ def train_diffusion(msg: Message, context: Context) -> Message:
     ema = EMA(unet, site.config.diffusion_train.ema_decay)
     load_module_numpy(ema.shadow, ema_arrays, what="U-Net EMA")
     server_round = int(config["server-round"])
-    _restore_ledger(site, context, _spent(msg))
-    session = _dp_session(site, context, "diffusion", server_round)
-    stats = phases.diffusion_round(unet, ema, data, site.config, server_round=server_round,
-                                   site_index=site.index, **({"privacy": session} if session else {}))
+    with _site_ledger(site, context, _spent(msg)) as policy:
+        session = _dp_session(site, policy, "diffusion", server_round)
+        stats = phases.diffusion_round(unet, ema, data, site.config, server_round=server_round,
+                                       site_index=site.index, **({"privacy": session} if session else {}))
+        metrics = {"num-examples": len(data.train_y), "loss": stats["loss"]}
+        if session:
+            metrics.update(P.flatten_metrics(policy.record(session.entries, "diffusion")))
     arrays = P.join_diffusion_arrays(module_to_numpy(unet), module_to_numpy(ema.shadow))
-    metrics = {"num-examples": len(data.train_y), "loss": stats["loss"]}
-    if session:
-        metrics.update(P.flatten_metrics(_record(site, context, session.entries, "diffusion")))
     return _reply(msg, **{P.ARRAYS: P.reply_record(arrays, msg.content[P.ARRAYS]),
                           P.METRICS: MetricRecord(metrics),
                           P.SITE: _site_record(site)})
@@ -358,7 +342,7 @@ def generate(msg: Message, context: Context) -> Message:
         **{f"{name}_y": y for name, (_, y) in synthetic.items()},
     )
     metrics = evaluate_site(classifier, synthetic, data, site.config, site_index=site.index, influence=influence_means)
-    p = site.config.privacy
-    metrics["privacy"] = P.load_ledger(context).summary(p.delta, p.accountant)
+    with _site_ledger(site, context) as policy:
+        metrics["privacy"] = policy.summary()
     return _reply(msg, **{P.METRICS: P.to_metric_record(metrics), P.SITE: _site_record(site)})
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from tardiff_common.metrics.pooling import strip_histograms
 from tardiff_common.pipeline.evaluation import pool_membership, pool_site_metrics
+from tardiff_common.privacy.report import privacy_settings
 from tardiff_common.report.markdown import render_report
 from tardiff_common.report.plots import plot_metric_bars, plot_site_bars
 from tardiff_common.report.run_folder import to_jsonable, write_bytes_atomic, write_json_atomic
@@ -132,18 +133,9 @@ def _communication_section(comm: dict) -> str:
 
 
 def _privacy_settings(run: ServerRun) -> dict:
-    p = run.config.privacy
-    out = {"gradient_sum_dp": p.gradient_sum_dp, "dp_sgd_classifier": p.dp_sgd_classifier,
-           "dp_sgd_diffusion": p.dp_sgd_diffusion, "accountant": p.accountant, "delta": p.delta,
-           "target_epsilon": p.target_epsilon, "max_epsilon": p.max_epsilon,
-           "on_budget_exceeded": p.on_budget_exceeded, "secure_aggregation": p.secure_aggregation,
-           "excluded_sites": list(run.state.get("privacy_excluded", []))}
-    if p.secure_aggregation:
-        out.update(secagg_num_shares=p.secagg_num_shares,
-                   secagg_reconstruction_threshold=p.secagg_reconstruction_threshold,
-                   secagg_clipping_range=p.secagg_clipping_range,
-                   secagg_quantization_range=p.secagg_quantization_range,
-                   secagg_quantization_bound=run.state.get("secagg_quantization_bound"))
+    out = privacy_settings(run.config.privacy, run.state.get("privacy_excluded", []))
+    if run.config.privacy.secure_aggregation:
+        out["secagg_quantization_bound"] = run.state.get("secagg_quantization_bound")
     return out
 
 
