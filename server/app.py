@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -11,6 +13,10 @@ from tardiff_common.pipeline.config import RunConfig
 from .workflow import run_federated
 
 app = ServerApp()
+
+# Flower's logger has its own console handler; Opacus' import calls logging.basicConfig, which gives
+# the root logger a second one, so every Flower line would be printed twice.
+logging.getLogger("flwr").propagate = False
 
 
 @app.main()

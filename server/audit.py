@@ -1,29 +1,60 @@
 """An audit of every message a site sends to the server.
 
-For each reply it records phase, round, site, message type, byte size and the shape of every
-array, and it checks that nothing in it is *record-shaped*:
+For each reply it records phase, round, site, message type, the bytes received
+(``server.wire.reply_bytes``: arrays, metrics and config records) and the shape of every array,
+and it checks the reply against the schema of its message type (``server.wire``): exactly the
+arrays, metrics and site entries that message type may hold, of the dtypes and shapes the
+server derives from the model and the config. Anything else is refused.
 
-* parameter records must have exactly the names and shapes the server sent out (a weight
-  matrix may happen to have a record count as a dimension; its shape is the server's own);
-  packed weights (``tardiff_common.protocol``) are one flat vector per dtype, so a packed record must
-  hold exactly those vectors, of exactly the lengths of the server's index: an extra array in
-  it (record-shaped or not) is refused, as is any length change;
-* any other array or metric list must not have a dimension equal to one of the sender's
-  record counts (train / guidance / test / all) with only channels C or time L beside it
-  (e.g. [n, C, L], [n, C], [n] labels).
+A reply to a message type without a schema (the SecAgg+ stages) is checked for
+*record-shaped* content instead: no array or metric list may have a dimension equal to one of
+the sender's record counts (train / guidance / tuning / test / all) with only channels C or
+time L beside it (e.g. [n, C, L], [n, C], [n] labels).
 
 A violation raises ``RecordShapedReplyError`` (the run stops; nothing is aggregated).
+
+Error replies keep Flower's whole reason (a traceback included, when the in-process grid sends
+one) in the audit; ``AuditEntry.reason`` is what the run shows: the exception's own message
+(``error_message``), or what a Flower error code means (a node that stopped sending heartbeats).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from flwr.app import Message
+from flwr.common.constant import ErrorCode
 
-__all__ = ["MessageAudit", "RecordShapedReplyError", "AuditEntry"]
+from .wire import ReplySchema, reply_bytes, schema_problems
+
+__all__ = ["MessageAudit", "RecordShapedReplyError", "AuditEntry", "error_message", "TRACEBACK_MARK"]
+
+TRACEBACK_MARK = "\nTraceback (most recent call last):"  # where the in-process grid's traceback starts
+_FLOWER_RAISED = re.compile(r"^<class '(?:[\w.]*\.)?(\w+)'>:<'(.*)'>$", re.S)  # "<class 'x.ValueError'>:<'msg'>"
+_CODE_TEXT = {
+    ErrorCode.NODE_UNAVAILABLE: "node unavailable: the SuperNode stopped sending heartbeats (it stopped, crashed "
+                                "or lost its connection)",
+    ErrorCode.REPLY_MESSAGE_UNAVAILABLE: "its reply expired before the server read it",
+    ErrorCode.MESSAGE_UNAVAILABLE: "the message to it expired or was removed (its SuperNode left the federation?)",
+    ErrorCode.LOAD_CLIENT_APP_EXCEPTION: "its SuperNode could not load the ClientApp",
+}
+
+
+def error_message(code: int, reason: str) -> str:
+    """The one-line cause of an error reply: the exception's own "Type: message" for a ClientApp
+    that raised (Flower's "<class 'T'>:<'msg'>" or the in-process grid's "T: msg" + traceback),
+    the meaning of the error code otherwise (Flower's own reason kept in parentheses)."""
+    text = str(reason).split(TRACEBACK_MARK, 1)[0].strip()
+    if code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION:
+        match = _FLOWER_RAISED.match(text)
+        return f"{match.group(1)}: {match.group(2)}" if match else text or "the ClientApp raised an exception"
+    if code in _CODE_TEXT:
+        return _CODE_TEXT[code]
+    return text or f"error code {code}"
 
 
 class RecordShapedReplyError(RuntimeError):
@@ -40,8 +71,11 @@ class AuditEntry:
     bytes: int
     arrays: dict[str, list[int]] = field(default_factory=dict)
     metric_lists: dict[str, int] = field(default_factory=dict)
-    error: str = ""
+    error: str = ""  # an error reply's whole reason, as Flower delivered it (a traceback included)
     attempt: int = 0  # 0: the round's first message, k: its k-th retry (federation.on-site-failure = "retry")
+    reason: str = ""  # an error reply's one-line cause (``error_message``)
+    code: int = 0  # an error reply's Flower error code
+    at: str = ""  # when the reply was read, UTC "YYYY-mm-dd HH:MM:SS"
 
 
 @dataclass
@@ -53,25 +87,13 @@ class _SiteShape:
 
 
 class MessageAudit:
-    """Collects ``AuditEntry`` rows and enforces the no-record-shaped-array rule."""
+    """Collects ``AuditEntry`` rows and enforces the reply schemas (``server.wire``)."""
 
     def __init__(self) -> None:
         self.entries: list[AuditEntry] = []
         self.sites: dict[int, _SiteShape] = {}
         self.arrays_checked = 0
         self.violations: list[str] = []
-        # Score histograms (``metrics.histogram_auc``: counts by label in fixed bins, per run) are
-        # count vectors of a length fixed by the config, not per-record lists; ``allow_count_vectors``
-        # declares that length so a site whose split happens to hold that many records is not refused.
-        self.count_vector_lengths: set[int] = set()
-
-    def allow_count_vectors(self, length: int) -> None:
-        """Accept metric lists named "...histograms" or "tuning/<i>/<mode>" of exactly ``length`` values."""
-        self.count_vector_lengths.add(int(length))
-
-    def _is_count_vector(self, name: str, length: int) -> bool:
-        declared = name.endswith("histograms") or (name.startswith("tuning/") and name.endswith(("/tsrtr", "/tstr")))
-        return declared and length in self.count_vector_lengths
 
     def register_site(self, node_id: int, name: str, counts: list[int], channels: int, length: int) -> None:
         self.sites[node_id] = _SiteShape(name, {int(c) for c in counts if int(c) > 0}, int(channels), int(length))
@@ -90,52 +112,47 @@ class MessageAudit:
                     return True
         return False
 
-    def check(self, phase: str, server_round: int, reply: Message,
-              expected_arrays: dict[str, dict[str, tuple[int, ...]]] | None = None) -> AuditEntry:
-        """Record ``reply``; raise if it carries a record-shaped array or unexpected parameters.
-
-        ``expected_arrays`` maps a record key to {array name: shape} for parameter records.
-        """
-        node_id = reply.metadata.src_node_id
+    def check(self, phase: str, server_round: int, reply: Message, schema: ReplySchema | None = None, *,
+              node_id: int | None = None) -> AuditEntry:
+        """Record ``reply`` (from ``node_id``: the node the question went to, by default the
+        reply's sender); raise ``RecordShapedReplyError`` if it breaks ``schema`` (or, without
+        one, carries a record-shaped array or metric list)."""
+        node_id = reply.metadata.src_node_id if node_id is None else int(node_id)
         site = self.sites.get(node_id)
         entry = AuditEntry(phase=phase, round=server_round, node_id=node_id, site=self.site_name(node_id),
-                           message_type=reply.metadata.message_type, bytes=0)
+                           message_type=reply.metadata.message_type, bytes=reply_bytes(reply),
+                           at=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()))
         if reply.has_error():
-            entry.error = str(reply.error.reason)[:500]
+            entry.code = int(reply.error.code)
+            entry.error = str(reply.error.reason)
+            entry.reason = error_message(entry.code, entry.error)
             self.entries.append(entry)
             return entry
-        problems = []
         for key, record in reply.content.array_records.items():
-            entry.bytes += record.count_bytes()
-            expected = (expected_arrays or {}).get(key)
-            if expected is not None and set(record.keys()) != set(expected):
-                problems.append(f"record {key!r} has arrays {sorted(set(record.keys()) ^ set(expected))[:3]} "
-                                "beyond or missing from the parameters sent")
             for name, array in record.items():
                 self.arrays_checked += 1
-                shape = tuple(int(d) for d in array.shape)
-                entry.arrays[f"{key}/{name}"] = list(shape)
-                if expected is not None and name in expected:
-                    if tuple(expected[name]) != shape:  # a declared parameter must keep its shape
-                        problems.append(f"{key}/{name} has shape {shape}, the server sent {tuple(expected[name])}")
-                elif self._record_shaped(shape, site):
-                    problems.append(f"{key}/{name} has record-shaped shape {shape}")
+                entry.arrays[f"{key}/{name}"] = [int(d) for d in array.shape]
         for key, record in reply.content.metric_records.items():
             for name, value in record.items():
-                entry.bytes += 8 * (len(value) if isinstance(value, list) else 1)
                 if isinstance(value, list):
                     entry.metric_lists[f"{key}/{name}"] = len(value)
-                    if self._record_shaped((len(value),), site) and not self._is_count_vector(name, len(value)):
-                        problems.append(f"metric {key}/{name} is a list of {len(value)} values (one per record?)")
-        for record in reply.content.config_records.values():
-            entry.bytes += len(json.dumps({k: (v if not isinstance(v, bytes) else len(v)) for k, v in record.items()}))
+        problems = schema_problems(schema, reply) if schema is not None else self._record_shapes(entry, site)
         self.entries.append(entry)
         if problems:
             self.violations.extend(problems)
             raise RecordShapedReplyError(
-                f"{phase} round {server_round}: the reply of site {entry.site!r} was refused: " + "; ".join(problems)
+                f"{phase} round {server_round}: the reply of site {entry.site!r} ({entry.message_type}) was refused: "
+                + "; ".join(problems)
             )
         return entry
+
+    def _record_shapes(self, entry: AuditEntry, site: _SiteShape | None) -> list[str]:
+        """Schema-less replies: the record-shaped arrays and metric lists of ``entry``."""
+        problems = [f"{name} has record-shaped shape {tuple(shape)}" for name, shape in entry.arrays.items()
+                    if self._record_shaped(tuple(shape), site)]
+        problems += [f"metric {name} is a list of {n} values (one per record?)" for name, n in entry.metric_lists.items()
+                     if self._record_shaped((n,), site)]
+        return problems
 
     def summary(self) -> dict:
         """Bytes per (site, message type) summed over rounds, message counts, errors."""

@@ -9,7 +9,7 @@ checkpointed atomically after each round and phase, so that ``output.resume = tr
 
 Checkpoint (``<run folder>/checkpoint/``):
 
-* ``state.npz``: every array of the global state *and* the run's progress as JSON (key
+* ``state.npz``: every array group of the global state (``server.state.GlobalState``) *and* the run's progress as JSON (key
   ``PROGRESS_KEY``), written in one atomic file, so arrays and progress always agree; the
   previous file is replaced only once the new one is complete;
 * ``progress.json``: a readable copy of that progress (phase, round, finished phases, sites,
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,13 +33,15 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from tardiff_common.data.contract import SPLIT_NAMES
-from tardiff_common.metrics.histogram_auc import SCORE_BINS
 from tardiff_common.pipeline.config import RunConfig
+from tardiff_common.pipeline.selection import tuning_rows
 from tardiff_common.pipeline.timing import PhaseTimer
 from tardiff_common.privacy.accounting import BUDGET_MARKER
 from tardiff_common.report.run_folder import to_jsonable, write_bytes_atomic, write_json_atomic, write_npz_atomic
 
 from .audit import AuditEntry, MessageAudit
+from .state import GlobalState
+from .wire import reply_schema
 
 __all__ = ["SiteInfo", "ServerRun", "TooFewSitesError", "PROGRESS_KEY", "RESUME_MAY_CHANGE"]
 
@@ -56,6 +58,9 @@ RESUME_MAY_CHANGE = frozenset({
 
 class TooFewSitesError(RuntimeError):
     pass
+
+
+MIN_SPLIT_RECORDS = 2  # a site needs at least this many records in every split (SPLIT_NAMES)
 
 
 @dataclass
@@ -102,19 +107,15 @@ class ServerRun:
     audit: MessageAudit = field(default_factory=MessageAudit)
     timer: PhaseTimer = field(default_factory=PhaseTimer)
     sites: dict[int, SiteInfo] = field(default_factory=dict)  # node id -> site, the nodes of this run
-    state: dict = field(default_factory=dict)
+    state: GlobalState = field(default_factory=GlobalState)
     participation: dict[str, list[list[str]]] = field(default_factory=dict)
     rounds: list[dict] = field(default_factory=list)  # per phase and round: sites asked, used, dropped and why
     completed: list[str] = field(default_factory=list)  # finished phases
     registered: dict[str, SiteInfo] = field(default_factory=dict)  # site name -> info, every site of the run
     resumed_from: dict | None = None  # the progress a resumed run continues ({"phase", "round", ...})
     resumes: list[dict] = field(default_factory=list)  # one entry per resume: where it continued, why it stopped
+    poll_s: float = 1.0  # seconds between two looks for replies
     _last_round: dict[str, int] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        # per-run score histograms of phases 3b and 4: seeds x [2, bins] counts
-        self.audit.allow_count_vectors(len(self.config.evaluation.seeds) * 2 * SCORE_BINS)  # phase 4
-        self.audit.allow_count_vectors(len(self.config.guidance.tuning_seeds) * 2 * SCORE_BINS)  # phase 3b
 
     # ------------------------------------------------------------------ nodes
 
@@ -148,7 +149,15 @@ class ServerRun:
 
     def register_site(self, info: SiteInfo) -> None:
         """Make ``info.node_id`` this run's node of site ``info.name`` (audit shapes, names in the
-        participation and audit rows recorded before the site was known)."""
+        participation and audit rows recorded before the site was known). A site with fewer
+        than ``MIN_SPLIT_RECORDS`` records in a split is refused (``ValueError`` naming it)."""
+        small = {split: info.counts.get(split, 0) for split in SPLIT_NAMES
+                 if info.counts.get(split, 0) < MIN_SPLIT_RECORDS}
+        if small:
+            raise ValueError(
+                f"site {info.name!r} has too few records: " + ", ".join(f"{k} = {v}" for k, v in small.items())
+                + f"; every split needs at least {MIN_SPLIT_RECORDS} (raise data.min-site-records or give the site "
+                "more data)")
         self.sites[info.node_id] = info
         self.registered[info.name] = info
         c = info.counts
@@ -172,14 +181,19 @@ class ServerRun:
 
     # ------------------------------------------------------------------ messaging
 
-    def _site_key(self, reply: Message) -> tuple[str, int]:
+    def _site_key(self, node: int, reply: Message) -> tuple[str, int]:
         """Sort key: the site's name (from the audit, or the reply's own "site" record before
         registration), then the node id."""
-        node = reply.metadata.src_node_id
         name = self.audit.site_name(node)
         if node not in self.audit.sites and not reply.has_error() and "site" in reply.content.config_records:
             name = str(reply.content.config_records["site"].get("name", name))
         return name, node
+
+    def reply_schema(self, message_type: str, expected_arrays: dict | None = None):
+        """The ``server.wire`` schema every reply to ``message_type`` must follow in this run."""
+        return reply_schema(message_type, channels=self.num_channels if self.registered else None,
+                            config=self.config, expected_arrays=expected_arrays,
+                            tuning_rows=len(tuning_rows(self.config)) if self.config.guidance.auto else 0)
 
     def send(
         self,
@@ -192,40 +206,52 @@ class ServerRun:
     ) -> list[Message]:
         """Send, wait (``federation.timeout_for(phase)``), audit every reply, retry or drop failed sites.
 
+        Every reply is matched to the message it answers (``reply_to_message_id``), so an error
+        the SuperLink sends in a node's place (a SuperNode that stopped sending heartbeats) is
+        filed under that node's site; each is checked against the message type's schema
+        (``server.wire``; ``expected_arrays``: {record key: {name: shape}} of the parameters
+        sent) and logged as it arrives, with the seconds since the round's messages went out.
+
         With ``federation.on-site-failure = "retry"`` the round's message is sent again to sites
         that failed (error reply other than a privacy-budget refusal, or no reply within the
         timeout), up to ``federation.max-retries`` times, each time once they are connected again
         (waiting up to ``federation.retry-wait-s``). Returns the successful replies **sorted by
         site name** (aggregation order is deterministic). Fewer than ``federation.min-sites`` of
-        them stops the run with a ``TooFewSitesError`` naming the sites that failed and why.
+        them stops the run with a ``TooFewSitesError`` naming the sites that failed, why and when.
         ``on_reply`` sees every reply (also errors) right after its audit.
         """
         fed = self.config.federation
         pending = list(messages)
+        message_type = pending[0].metadata.message_type if pending else ""
+        schema = self.reply_schema(message_type, expected_arrays)
         asked = sorted({self.audit.site_name(m.metadata.dst_node_id) for m in pending})
         retries = fed.max_retries if fed.on_site_failure == "retry" else 0
         ok: dict[int, Message] = {}
         failed: dict[int, str] = {}
         attempt = 0
         while True:
-            replies = list(self.grid.send_and_receive(pending, timeout=fed.timeout_for(phase)))
-            answered = set()
-            for reply in replies:
-                node = reply.metadata.src_node_id
-                answered.add(node)
-                entry = self.audit.check(phase, server_round, reply, expected_arrays)
+            start = time.monotonic()
+            timeout = fed.timeout_for(phase)
+            for received, (node, reply) in enumerate(self._exchange(pending, timeout), start=1):
+                elapsed = time.monotonic() - start
+                entry = self.audit.check(phase, server_round, reply, schema, node_id=node)
                 if attempt:
                     entry.attempt = attempt
                 if on_reply is not None:
                     on_reply(reply)
                 if reply.has_error():
-                    failed[node] = entry.error.strip().splitlines()[-1] if entry.error.strip() else "error"
+                    failed[node] = f"{entry.reason} ({elapsed:.0f} s into the round, at {entry.at} UTC)"
+                    self.log(f"[{phase}] round {server_round}: {self._site_key(node, reply)[0]} failed after "
+                             f"{elapsed:.1f} s: {entry.reason}")
                 else:
                     ok[node] = reply
                     failed.pop(node, None)
+                    self.log(f"[{phase}] round {server_round}: {self._site_key(node, reply)[0]} replied after {elapsed:.1f} s ({received}/{len(pending)})")
             for m in pending:
-                if m.metadata.dst_node_id not in answered:
-                    failed[m.metadata.dst_node_id] = f"no reply within {fed.timeout_for(phase):g} s (federation timeout)"
+                node = m.metadata.dst_node_id
+                if node not in ok and node not in failed:
+                    failed[node] = (f"no reply within {timeout:g} s (federation timeout for {phase}; gave up at "
+                                    f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC)")
             again = [m for m in pending if m.metadata.dst_node_id in failed and _retryable(failed[m.metadata.dst_node_id])]
             if not again or attempt >= retries:
                 break
@@ -236,10 +262,10 @@ class ServerRun:
             self._wait_until_connected([m.metadata.dst_node_id for m in again], fed.retry_wait_s)
             pending = [Message(m.content, dst_node_id=m.metadata.dst_node_id, message_type=m.metadata.message_type,
                                group_id=m.metadata.group_id) for m in again]
-        used = sorted(ok.values(), key=self._site_key)
+        used = [reply for node, reply in sorted(ok.items(), key=lambda item: self._site_key(*item))]
+        used_names = [self._site_key(node, reply)[0] for node, reply in ok.items()]
         dropped = {self.audit.site_name(n): why for n, why in sorted(failed.items())}
-        self.record_round(phase, server_round, asked=asked, used=[self._site_key(r)[0] for r in used],
-                          message_type=pending[0].metadata.message_type if pending else "",
+        self.record_round(phase, server_round, asked=asked, used=used_names, message_type=message_type,
                           dropped=dropped, retries=attempt)
         if failed:
             self.log(f"[{phase}] round {server_round}: {len(failed)} site(s) failed: "
@@ -250,6 +276,24 @@ class ServerRun:
                 f"{fed.min_sites}; failures: " + "; ".join(f"{s}: {why}" for s, why in dropped.items())
             )
         return used
+
+    def _exchange(self, messages: list[Message], timeout: float) -> Iterator[tuple[int, Message]]:
+        """Push ``messages``, then yield (node the message went to, its reply) as replies arrive,
+        until every message is answered or ``timeout`` seconds have passed. A reply is matched
+        by the message it answers, never by its sender (the SuperLink answers for a lost node)."""
+        if not messages:
+            return
+        ids = list(self.grid.push_messages(messages))
+        waiting = {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages, strict=True)}
+        deadline = time.monotonic() + timeout
+        while waiting:
+            for reply in self.grid.pull_messages(list(waiting)):
+                node = waiting.pop(reply.metadata.reply_to_message_id, None)
+                if node is not None:
+                    yield node, reply
+            if not waiting or time.monotonic() >= deadline:
+                return
+            time.sleep(self.poll_s)
 
     def _wait_until_connected(self, nodes: list[int], patience: float) -> None:
         deadline = time.monotonic() + patience
@@ -289,13 +333,10 @@ class ServerRun:
         return 0
 
     def progress(self, phase: str, server_round: int) -> dict:
-        json_state = {k: v for k, v in self.state.items()
-                      if not _is_array_group(v) and not isinstance(v, (int, float, str))}
         return {
             "phase": phase, "round": server_round, "completed": list(self.completed),
             "run_name": self.run_name,
-            "scalars": {k: v for k, v in self.state.items() if isinstance(v, (int, float, str))},
-            "json_state": json_state,
+            "state": self.state.json_fields(),
             "sites": [s.to_json() for _, s in sorted(self.registered.items())],
             "participation": self.participation, "rounds": self.rounds,
             "timing": self.timer.as_dict(), "audit_entries": len(self.audit.entries),
@@ -306,10 +347,7 @@ class ServerRun:
         """Atomically save every array of the global state together with the run's progress."""
         folder = self.run_dir / "checkpoint"
         self._last_round[phase] = server_round
-        arrays = {}
-        for key, value in self.state.items():
-            if _is_array_group(value):
-                arrays.update({f"{key}/{k}": v for k, v in value.items()})
+        arrays = self.state.arrays()
         progress = self.progress(phase, server_round)
         text = json.dumps(to_jsonable(progress, keep_nonfinite=True))  # NaN / inf kept (Python's JSON), read back by ``resume``
         lines = "".join(json.dumps(asdict(e)) + "\n" for e in self.audit.entries)
@@ -342,12 +380,8 @@ class ServerRun:
                 f"output.resume: the run in {str(run_dir)!r} was started with a different config; these keys "
                 f"differ: " + ", ".join(f"{k} = {saved.get(k)!r} (now {now.get(k)!r})" for k in changed[:8])
                 + f". Only {sorted(RESUME_MAY_CHANGE)} may change on resume.")
-        state: dict = {}
-        for key, value in arrays.items():
-            group, _, name = key.partition("/")
-            state.setdefault(group, {})[name] = value
-        state.update(progress.get("scalars", {}))
-        state.update(progress.get("json_state", {}))
+        json_fields = progress.get("state", {**progress.get("scalars", {}), **progress.get("json_state", {})})
+        state = GlobalState.from_checkpoint(arrays, json_fields)  # (older checkpoints: "scalars", "json_state")
         timing = {k: v for k, v in progress.get("timing", {}).items() if k != "total"}
         run = cls(grid=grid, config=config, run_dir=run_dir, run_name=run_name, log=log,
                   timer=PhaseTimer(timing, progress.get("timing", {}).get("total", 0.0)), state=state,
@@ -363,7 +397,3 @@ class ServerRun:
             run.audit.entries = [AuditEntry(**json.loads(row)) for row in rows]
             run.audit.arrays_checked = sum(len(e.arrays) for e in run.audit.entries)
         return run
-
-
-def _is_array_group(value: object) -> bool:
-    return isinstance(value, dict) and bool(value) and all(isinstance(v, np.ndarray) for v in value.values())

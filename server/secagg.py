@@ -137,8 +137,7 @@ class _AuditingGrid:
                             group_id=m.metadata.group_id) for m in messages]
         replies = list(self.run.grid.send_and_receive(messages, timeout=timeout))
         for reply in replies:
-            entry = self.run.audit.check(self.phase, self.server_round, _for_audit(reply))
-            entry.bytes += _bytes_payload(reply)
+            self.run.audit.check(self.phase, self.server_round, _for_audit(reply))
         answered = {r.metadata.src_node_id for r in replies}
         missing = [self.run.audit.site_name(m.metadata.dst_node_id) for m in messages
                    if m.metadata.dst_node_id not in answered]
@@ -146,20 +145,6 @@ class _AuditingGrid:
         if missing or failed:
             self.run.log(f"[{self.phase}] secure aggregation: sites dropped out: {sorted(missing + failed)}")
         return replies
-
-
-def _bytes_payload(reply: Message) -> int:
-    """Bytes in bytes-valued config entries (the audit counts config records by their JSON)."""
-    if reply.has_error():
-        return 0
-    total = 0
-    for record in reply.content.config_records.values():
-        for value in record.values():
-            if isinstance(value, bytes):
-                total += len(value)
-            elif isinstance(value, list) and value and isinstance(value[0], bytes):
-                total += sum(len(v) for v in value)
-    return total
 
 
 def _for_audit(reply: Message) -> Message:
@@ -198,7 +183,7 @@ def secure_sum(run: ServerRun, phase: str, fitins: dict[int, FitIns], *, server_
     finally:
         random.setstate(saved)
     entered = sorted(proxy.node_id for proxy, _ in strategy.results)
-    errors = {run.audit.site_name(e.node_id): e.error.strip().splitlines()[-1] if e.error.strip() else "error"
+    errors = {run.audit.site_name(e.node_id): e.reason or "error"
               for e in run.audit.entries if e.phase == phase and e.round == server_round and e.error}
     run.record_round(phase, server_round, asked=[run.audit.site_name(n) for n in fitins],
                      used=[run.audit.site_name(n) for n in entered],

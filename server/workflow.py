@@ -156,9 +156,12 @@ def run_federated(grid: Grid, config: RunConfig, *, log: Callable[[str], None] =
         for phase, fn in PHASES:
             if phase in run.completed:
                 continue
+            log(f"[{phase}] started")
+            started = time.monotonic()
             with run.timer(phase):
                 fn(run)
             run.complete(phase)
+            log(f"[{phase}] finished in {time.monotonic() - started:.1f} s")
         metrics = write_federated_report(run)
     except BaseException as err:
         write_json_atomic(run.run_dir / "checkpoint" / "failure.json", failure_record(err))

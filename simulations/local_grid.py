@@ -11,6 +11,7 @@ the real ``flwr run .`` path goes through a SuperLink and Ray.
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -45,6 +46,8 @@ class LocalGrid(Grid):
         first_node_id: int = 1000,
     ):
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+        # one handler per Flower line: Opacus' logging.basicConfig gives the root logger a second one
+        logging.getLogger("flwr").propagate = False
         self.client_app = client_app
         self.intercept = intercept
         self.offline: set[int] = set()
@@ -100,6 +103,6 @@ class LocalGrid(Grid):
         try:
             reply = self.client_app(msg, context)
         except Exception as err:  # Flower turns handler exceptions into error replies
-            reason = f"{type(err).__name__}: {err}\n{traceback.format_exc()[-2000:]}"
+            reason = f"{type(err).__name__}: {err}\n{traceback.format_exc()}"  # message first, then the traceback
             reply = Message(Error(code=CLIENT_APP_RAISED, reason=reason), reply_to=msg)
         return self.intercept(reply) if self.intercept else reply
