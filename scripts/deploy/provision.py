@@ -133,10 +133,22 @@ def make_server_cert(folder: Path, ca_key_path: Path, ca_crt_path: Path, *, host
     return key_path, crt_path, ca_copy
 
 
+def check_names(names: list[str]) -> None:
+    """Raise ``ValueError`` naming every invalid or repeated hospital name (before anything is written)."""
+    bad = [n for n in names if not _NAME.match(n)]
+    if bad:
+        raise ValueError(f"hospital name(s) {', '.join(repr(n) for n in bad)}: use letters, digits, '_', '-', '.' "
+                         "(at most 64, starting with a letter or digit)")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"hospital name(s) given twice: {', '.join(repeated)}")
+    if not names:
+        raise ValueError("no hospital names given (--hospitals)")
+
+
 def make_node_key(folder: Path, name: str, *, overwrite: bool = False) -> tuple[Path, Path]:
     """(``<name>.key``, ``<name>.pub``): an ECDSA P-384 pair in OpenSSH format."""
-    if not _NAME.match(name):
-        raise ValueError(f"hospital name {name!r}: use letters, digits, '_', '-', '.' (at most 64)")
+    check_names([name])
     folder = _private_dir(folder)
     key_path, pub_path = folder / f"{name}.key", folder / f"{name}.pub"
     if key_path.exists() and pub_path.exists() and not overwrite:
@@ -152,7 +164,14 @@ def make_node_key(folder: Path, name: str, *, overwrite: bool = False) -> tuple[
 
 def provision(out: Path, hospitals: list[str], *, hosts: list[str], ips: list[str],
               overwrite: bool = False) -> dict:
-    """Everything of a deployment under ``out``; returns the paths written."""
+    """Everything of a deployment under ``out``; returns the paths written. Every name and IP
+    address is checked before the first file is written (``ValueError``)."""
+    check_names(hospitals)
+    for ip in ips:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise ValueError(f"--ip {ip!r} is not an IP address") from None
     out = _private_dir(out)
     ca_key, ca_crt = make_ca(out / "ca", overwrite=overwrite)
     server_key, server_crt, server_ca = make_server_cert(out / "superlink", ca_key, ca_crt, hosts=hosts, ips=ips)
@@ -200,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--name", required=True, help="the hospital's name, e.g. hospital_a")
         parser.add_argument("--overwrite", action="store_true", help="replace an existing key pair")
         args = parser.parse_args(argv[1:])
+        try:
+            check_names([args.name])
+        except ValueError as err:
+            parser.error(str(err))
         warn_if_tracked(args.out)
         key, pub = make_node_key(args.out, args.name, overwrite=args.overwrite)
         print(f"private key (keep it at the hospital): {key}\npublic key (send to the coordinator): {pub}")
@@ -212,8 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ip", default="", help="comma-separated IP addresses of the coordinator for the SAN")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing CA and node keys")
     args = parser.parse_args(argv)
-    for ip in _split(args.ip):
-        ipaddress.ip_address(ip)
+    try:
+        check_names(_split(args.hospitals))
+        for ip in _split(args.ip):
+            ipaddress.ip_address(ip)
+    except ValueError as err:  # before anything is written
+        parser.error(str(err))
     warn_if_tracked(args.out)
     paths = provision(args.out, _split(args.hospitals), hosts=_split(args.host), ips=_split(args.ip),
                       overwrite=args.overwrite)

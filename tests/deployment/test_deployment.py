@@ -82,7 +82,11 @@ def test_secure_run_survives_a_supernode_crash(deployment, keys, time_limit):
     time_limit(330)  # typically ~180 s
     d = deployment(secure=True, keys=keys)
     node_ids = _secure_federation(d, keys)
-    config = TINY + " federation.num-sites=3 federation.min-sites=2 federation.round-timeout-s=60"
+    # Training rounds wait 150 s: longer than Flower's heartbeat patience, so the killed node is
+    # reported by the SuperLink's node-unavailable reply, not by the timeout; the sampling phases
+    # get their own, longer timeouts (a loaded machine samples slowly).
+    config = (TINY + " federation.num-sites=3 federation.min-sites=2 federation.round-timeout-s=150 "
+              'federation.phase-timeouts="selection=900,generation=900"')
     run = d.start_run(config, "dropout")
     run_id = d.run_id(run)
 
@@ -124,7 +128,10 @@ def test_secure_run_survives_a_supernode_crash(deployment, keys, time_limit):
     diffusion = _participants(metrics, "diffusion")
     assert diffusion and sorted(diffusion[0]) == ["hospital_a", "hospital_c"], part
     rows = {r["phase"]: r for r in metrics["participation_rounds"]}
-    assert "hospital_b" in rows["diffusion"]["dropped"], metrics["participation_rounds"]
+    assert list(rows["diffusion"]["dropped"]) == ["hospital_b"], metrics["participation_rounds"]  # no phantom node
+    assert re.fullmatch(r"node unavailable: the SuperNode stopped sending heartbeats \(it stopped, crashed or lost its "
+                        r"connection\) \(\d+ s into the round, at [\d-]+ [\d:]+ UTC\)",
+                        rows["diffusion"]["dropped"]["hospital_b"]), rows["diffusion"]
     # generation follows at once: hospital_b is back in time, or it is left out with the reason
     # (Flower answers a message to a node it counts as offline with an error at once; the
     # in-process tests cover federation.on-site-failure = "retry", which waits for it)
