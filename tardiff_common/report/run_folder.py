@@ -1,8 +1,10 @@
 """Run folders that appear whole or not at all.
 
-``atomic_run_folder(path)`` yields a hidden sibling staging folder; on success it is renamed
-to ``path`` in one step, on any error it is deleted, so a crashed run never leaves a
-half-written report behind. An existing ``path`` is never overwritten (no data is lost).
+``atomic_run_folder(path)`` yields a hidden sibling staging folder
+(``.<name>.partial-<pid>-<random>``); on success it is renamed to ``path`` in one step, on any
+error or SIGTERM it is deleted, so a crashed run never leaves a half-written report behind. A
+staging folder left by a process that no longer runs (SIGKILL, power loss) is removed by the
+next ``atomic_run_folder`` in the same parent folder. An existing ``path`` is never overwritten (no data is lost).
 ``write_json_atomic`` / ``write_bytes_atomic`` / ``write_npz_atomic`` do the same for single
 files (checkpoints, a site's synthetic data).
 """
@@ -14,14 +16,16 @@ import json
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_run_folder", "write_json_atomic", "write_bytes_atomic", "write_npz_atomic", "to_jsonable"]
+__all__ = ["atomic_run_folder", "remove_stale_partials", "write_json_atomic", "write_bytes_atomic", "write_npz_atomic", "to_jsonable"]
 
 
 @contextmanager
@@ -30,13 +34,45 @@ def atomic_run_folder(path: str | os.PathLike) -> Iterator[Path]:
     if final.exists():
         raise ValueError(f"run folder {str(final)!r} already exists; choose another --out (nothing was overwritten)")
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    remove_stale_partials(final.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=final.parent))
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # SIGTERM -> SystemExit, so the cleanup runs
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         yield staging
         os.replace(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def remove_stale_partials(parent: Path) -> list[Path]:
+    """Delete the ``.<name>.partial-<pid>-*`` folders in ``parent`` whose process is gone; returns them."""
+    removed = []
+    for folder in parent.glob(".*.partial-*"):
+        pid = folder.name.rsplit(".partial-", 1)[1].split("-", 1)[0]
+        if folder.is_dir() and not (pid.isdigit() and _alive(int(pid))):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def to_jsonable(obj: object, *, keep_nonfinite: bool = False) -> object:
