@@ -65,7 +65,8 @@ def run_with(fault: str, tmp_path, **overrides) -> tuple[ServerRun, list[str]]:
     run = ServerRun(grid=FaultyGrid(fault), config=preset("tiny").with_overrides(flat), run_dir=tmp_path,
                     run_name="t", log=lines.append, poll_s=0.05)
     for i, name in enumerate(SITES):
-        run.register_site(SiteInfo(1000 + i, name, i, {"train": 10, "train-positives": 1}, ("hr",), 16, [0.0]))
+        run.register_site(SiteInfo(1000 + i, name, i, {"train": 10, "guidance": 2, "tuning": 2, "test": 2,
+                                                   "train-positives": 1}, ("hr",), 16, [0.0]))
     run.query("classifier", P.HISTOGRAM, RecordDict())
     return run, lines
 
