@@ -8,9 +8,11 @@ Protocol (``discriminative_score``):
    (float32, the model's normalized scale).
 2. Split each set 80/20 (``train_fraction``) into train / held-out parts; the classifier sees
    n_train real (label 1) + n_train synthetic (label 0) records.
-3. Classifier: a unidirectional ``torch.nn.GRU`` (``num_layers`` = 2) over time, hidden size
-   ``hidden``, whose last-layer final state feeds a linear logit. Loss: BCE-with-logits; Adam
-   (lr 1e-2, gradient norm clipped at 1), ``epochs`` passes over the training part, raised
+3. Classifier: the project's downstream classifier (``models.classifier.build_classifier``)
+   as a unidirectional GRU (``num_layers`` = 2) over time, hidden size ``hidden``, whose
+   last-layer final state feeds a linear logit, trained by the project's classifier trainer
+   (``training.classifier.train_classifier``): BCE-with-logits, Adam (lr 1e-2, gradient norm
+   clipped at 1), ``epochs`` passes over the training part in seeded shuffled batches, raised
    until at least ``min_steps`` minibatches have run (TimeGAN runs 2000 steps; 200 is enough
    here and keeps small sets from being under-trained). ``hidden`` = 0 is TimeGAN's rule,
    half the feature dimension floored at 4 (``max(C // 2, 4)``); the default 16 is "or
@@ -33,12 +35,14 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from ..models.classifier import ClassifierConfig, build_classifier
+from ..training.classifier import ClassifierTrainConfig, train_classifier
 
 __all__ = [
     "DiscriminativeConfig",
-    "GRUDiscriminator",
+    "discriminator",
     "discriminative_score",
     "default_hidden",
     "subsample",
@@ -101,17 +105,11 @@ def seeded_init(seed: int):
         yield
 
 
-class GRUDiscriminator(nn.Module):
-    """x [B, C, L] -> logit [B] of "real": GRU over time, Linear on the last layer's h_T."""
-
-    def __init__(self, channels: int, hidden: int, num_layers: int = 2):
-        super().__init__()
-        self.rnn = nn.GRU(channels, hidden, num_layers=num_layers, batch_first=True)
-        self.head = nn.Linear(hidden, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, h_n = self.rnn(x.transpose(1, 2))  # h_n [layers, B, hidden]
-        return self.head(h_n[-1]).squeeze(-1)
+def discriminator(channels: int, hidden: int, num_layers: int = 2) -> nn.Module:
+    """x [B, C, L] -> logit [B] of "real": a unidirectional GRU over time, Linear on the last
+    layer's h_T (``build_classifier`` with ``bidirectional=False``, ``readout="final"``)."""
+    return build_classifier(channels, ClassifierConfig(kind="gru", hidden=hidden, num_layers=num_layers,
+                                                       bidirectional=False, readout="final"))
 
 
 def _check(x: np.ndarray, name: str) -> np.ndarray:
@@ -141,26 +139,18 @@ def discriminative_score(
         raise ValueError("need at least 2 real and 2 synthetic records")
     n_train = min(max(int(round(config.train_fraction * n)), 1), n - 1)
     xr, xs = subsample(real_x, n, rng), subsample(synthetic_x, n, rng)
-    x_train = torch.from_numpy(np.concatenate([xr[:n_train], xs[:n_train]]))
-    y_train = torch.cat([torch.ones(n_train), torch.zeros(n_train)])
+    x_train = np.concatenate([xr[:n_train], xs[:n_train]])
+    y_train = np.concatenate([np.ones(n_train, dtype=np.int64), np.zeros(n_train, dtype=np.int64)])
     x_test = torch.from_numpy(np.concatenate([xr[n_train:], xs[n_train:]]))
     y_test = torch.cat([torch.ones(n - n_train), torch.zeros(n - n_train)])
 
     channels = real_x.shape[1]
     with seeded_init(seed):
-        model = GRUDiscriminator(channels, default_hidden(channels, config.hidden), config.num_layers)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    model.train()
-    for _ in range(training_epochs(config.epochs, config.min_steps, len(x_train), config.batch_size)):
-        order = torch.from_numpy(rng.permutation(len(x_train)))
-        for start in range(0, len(order), config.batch_size):
-            batch = order[start : start + config.batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.binary_cross_entropy_with_logits(model(x_train[batch]), y_train[batch])
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-    model.eval()
+        model = discriminator(channels, default_hidden(channels, config.hidden), config.num_layers)
+    epochs = training_epochs(config.epochs, config.min_steps, len(x_train), config.batch_size)
+    train_classifier(model, x_train, y_train, ClassifierTrainConfig(epochs=epochs, batch_size=config.batch_size,
+                                                                    lr=config.lr, grad_clip=config.grad_clip),
+                     seed=int(rng.integers(2**62)))
     with torch.no_grad():
         logits = torch.cat([model(x_test[s : s + 1024]) for s in range(0, len(x_test), 1024)])
     accuracy = float(((logits >= 0).float() == y_test).float().mean())

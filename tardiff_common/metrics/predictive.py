@@ -12,7 +12,10 @@ head predicts the next step (linear, not TimeGAN's sigmoid: the normalized scale
 * ``target="last_channel"``: the released TimeGAN code's variant, channels 0..C-2 at steps
   0..L-2 -> channel C-1 at steps 1..L-1 ([B, L-1]); needs C >= 2.
 
-Training: MAE (L1) loss on synthetic records x_s [N_syn, C, L], Adam (lr 5e-3), ``epochs`` passes raised until at least ``min_steps`` minibatches ran. Score: MAE of the
+Training: the project's training loop (``training.loop.train_epochs``, as for the classifier and
+the diffusion model) with an MAE (L1) loss on synthetic records x_s [N_syn, C, L], Adam (lr
+5e-3), seeded shuffled batches, ``epochs`` passes raised until at least ``min_steps``
+minibatches ran. Score: MAE of the
 trained predictor on real records x_r [N_real, C, L], averaged over records, predicted steps
 and predicted channels (lower is better; compare with the same predictor trained on real data
 for a reference). Inputs are float32 on the model's normalized scale; at most ``max_records``
@@ -27,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..training.loop import train_epochs
 from .discriminative import default_hidden, seeded_init, subsample, training_epochs
 
 __all__ = ["PredictiveConfig", "GRUPredictor", "predictive_score", "TARGETS"]
@@ -104,16 +108,15 @@ def predictive_score(
     c_in, c_out = (channels, channels) if config.target == "all" else (channels - 1, 1)
     with seeded_init(seed):
         model = GRUPredictor(c_in, c_out, default_hidden(channels, config.hidden), config.num_layers)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    model.train()
-    for _ in range(training_epochs(config.epochs, config.min_steps, len(xs), config.batch_size)):
-        order = torch.from_numpy(rng.permutation(len(xs)))
-        for start in range(0, len(order), config.batch_size):
-            inputs, targets = _inputs_targets(xs[order[start : start + config.batch_size]], config.target)
-            optimizer.zero_grad(set_to_none=True)
-            loss = (model(inputs) - targets).abs().mean()
-            loss.backward()
-            optimizer.step()
+
+    def batch_loss(net: nn.Module, xb: torch.Tensor, _yb: torch.Tensor, _generator) -> torch.Tensor:
+        inputs, targets = _inputs_targets(xb, config.target)
+        return (net(inputs) - targets).abs().mean()
+
+    train_epochs(model, xs.numpy(), np.zeros(len(xs), dtype=np.int64), batch_loss,
+                 lambda params: torch.optim.Adam(params, lr=config.lr),
+                 epochs=training_epochs(config.epochs, config.min_steps, len(xs), config.batch_size),
+                 batch_size=config.batch_size, seed=int(rng.integers(2**62)))
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
