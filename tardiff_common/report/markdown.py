@@ -86,6 +86,54 @@ def _selection_section(selection: dict) -> list[str]:
     return lines
 
 
+def _real_only_rows(metrics: dict) -> dict[str, dict]:
+    """{test name: the evaluation classifier's real-only summary} wherever the run has one."""
+    rows = {"pooled": (metrics.get("tstr") or {}).get("real")}
+    rows.update({site: (v.get("tstr") or {}).get("real") for site, v in (metrics.get("per_site_test") or {}).items()})
+    rows["external"] = ((metrics.get("external") or {}).get("tstr") or {}).get("real")
+    return {k: v for k, v in rows.items() if v}
+
+
+def _benchmark_section(metrics: dict) -> list[str]:
+    """Real-only rows: the evaluation classifier beside gradient boosting on summary statistics."""
+    gbm = (metrics.get("baselines") or {}).get("gbm") or {}
+    if not gbm:
+        return []
+    real = _real_only_rows(metrics)
+    rows: dict[str, dict] = {}
+    for test, scores in gbm.items():
+        if test in real:
+            rows[f"{test}: evaluation classifier"] = real[test]
+        rows[f"{test}: gradient boosting"] = scores
+    note = (metrics.get("baselines") or {}).get("note", "gradient boosting on summary statistics")
+    return ["", "## Classifier benchmark (real-only)", "",
+            f"Trained on real records only, per test split: the evaluation classifier vs {note}.", ""] + \
+        _score_table(rows, first_col="test split: model")
+
+
+def _external_section(external: dict) -> list[str]:
+    """The external cohort's TSTR / TSRTR / paired tables (training statistics only)."""
+    if not external:
+        return []
+    cohort = external.get("cohort", {})
+    lines = ["", "## External validation", "",
+             f"Cohort `{cohort.get('path', '?')}`: {cohort.get('records', '?')} records, "
+             f"{cohort.get('positives', '?')} positive ({cohort.get('prevalence', float('nan')):.1%}); imputed and "
+             "normalized with the training statistics only, scored with the same evaluation runs.", ""]
+    rows = dict(external.get("tstr") or {})
+    if (external.get("baselines") or {}).get("gbm"):
+        rows["real (gradient boosting)"] = external["baselines"]["gbm"]
+    lines += _score_table(rows)
+    tsrtr = external.get("tsrtr") or {}
+    if tsrtr:
+        lines += ["", "TSRTR on the external cohort:", ""]
+        lines += _score_table({f"real + {name} x{ratio}": s for name, by in tsrtr.items() for ratio, s in by.items()})
+    if (external.get("paired") or {}).get("tstr"):
+        lines += ["", "Paired differences on the external cohort:", ""]
+        lines += _paired_rows(external["paired"])
+    return lines
+
+
 def render_report(metrics: dict, *, title: str, figures: list[str]) -> str:
     """Markdown with the TSTR / TSRTR tables, influence, per-site results, timing and data."""
     lines = [f"# {title}", ""]
@@ -120,6 +168,8 @@ def render_report(metrics: dict, *, title: str, figures: list[str]) -> str:
     if pooled.get("paired"):
         lines += ["", "Paired differences of the histogram-pooled scores:", ""]
         lines += _paired_rows(pooled["paired"])
+    lines += _benchmark_section(metrics)
+    lines += _external_section(metrics.get("external") or {})
     lines += _selection_section(metrics.get("selection") or {})
     infl = metrics.get("influence")
     if infl:
