@@ -66,7 +66,8 @@ class DataConfig:
     task: str = "mortality"
     site_by: str = "default"
     num_hospitals: int = 3
-    length: int = 48
+    length: int = 0  # time steps; 0 = the source's own (synthetic/physionet2012 48, eicu 288, eicu_yaib/mimic3 24)
+    channels: str = ""  # comma-separated variables of the source ("" = its default set), e.g. "HR,GCS,Lactate"
     size_scale: float = 1.0
     data_seed: int = 0
     split_seed: int = 0
@@ -114,6 +115,7 @@ class EvaluationConfig:
     tsrtr_ratios: tuple[float, ...] = (0.5, 1.0)
     fidelity: str = "default"
     patience: int = 3
+    external_path: str = ""  # folder of a second cohort of data.source, scored into the "external" section
 
     def __post_init__(self) -> None:
         if self.fidelity not in ("off", "tiny", "default"):
