@@ -66,7 +66,8 @@ class DataConfig:
     task: str = "mortality"
     site_by: str = "default"
     num_hospitals: int = 3
-    length: int = 48
+    length: int = 0  # time steps; 0 = the source's own (synthetic/physionet2012 48, eicu 288, eicu_yaib/mimic3 24)
+    channels: str = ""  # comma-separated variables of the source ("" = its default set), e.g. "HR,GCS,Lactate"
     size_scale: float = 1.0
     data_seed: int = 0
     split_seed: int = 0
