@@ -1,5 +1,6 @@
 """End-to-end: the ``tardiff centralized`` command on the tiny preset, and its failure modes."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -108,9 +109,8 @@ def test_config_command_reads_set_values_as_toml(capsys):
 
 @pytest.mark.slow
 def test_pooled_data_with_one_class_is_refused(tmp_path):
-    sites = generate_hospitals()
-    for s in sites:
-        s.y[:] = 0
+    # generate_hospitals' cached arrays are read-only: build one-class copies instead
+    sites = [dataclasses.replace(s, y=np.zeros_like(s.y)) for s in generate_hospitals()]
     with pytest.raises(ValueError, match="only one class"):
         run_centralized(preset("tiny"), sites, tmp_path / "run", progress=False, log=lambda *_: None)
     assert not (tmp_path / "run").exists()
