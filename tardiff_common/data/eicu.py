@@ -54,16 +54,9 @@ import numpy as np
 import pandas as pd
 
 from tardiff_common.data.contract import SiteData
-from tardiff_common.data.registry import (
-    GridAccumulator,
-    assemble_sites,
-    csv_columns,
-    drop_small_sites,
-    filter_ranges,
-    find_table,
-    log,
-    read_csv_table,
-)
+from tardiff_common.data.grid import GridAccumulator
+from tardiff_common.data.sites import assemble_sites, drop_small_sites
+from tardiff_common.data.tables import csv_columns, filter_ranges, find_table, log, read_csv_table
 
 __all__ = [
     "VITAL_RANGES",

@@ -1,6 +1,6 @@
 """Imputation fitted on a training split only, applied to every other split and cohort.
 
-The loaders (``registry.fill_gaps``) fill gaps *within* a record (forward fill, then backward
+The loaders (``grid.fill_gaps``) fill gaps *within* a record (forward fill, then backward
 fill of the leading gap): that uses nothing but the record itself. A channel that a record
 never observes (``mask[r, c, :]`` all False) has no value of its own, so it needs a statistic
 of other records. That statistic is fitted here, on a training split, and then applied to the

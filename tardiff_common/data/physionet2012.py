@@ -56,15 +56,9 @@ import numpy as np
 import pandas as pd
 
 from tardiff_common.data.contract import SiteData
-from tardiff_common.data.registry import (
-    READ_ERRORS,
-    GridAccumulator,
-    assemble_sites,
-    drop_small_sites,
-    filter_ranges,
-    log,
-    read_csv_table,
-)
+from tardiff_common.data.grid import GridAccumulator
+from tardiff_common.data.sites import assemble_sites, drop_small_sites
+from tardiff_common.data.tables import READ_ERRORS, filter_ranges, log, read_csv_table
 
 __all__ = [
     "ICU_TYPES",
@@ -433,3 +427,30 @@ def _report_invalid_labels(path: Path, column: str, record_ids: np.ndarray, raw:
 def load_physionet2012(path: str | Path, *, min_site_records: int = 20, **options) -> list[SiteData]:
     """``build_sites`` then drop (and warn about) sites below ``min_site_records``."""
     return drop_small_sites(build_sites(path, **options), min_site_records, source="physionet2012")
+
+
+def sets_in(folder) -> tuple[str, ...]:
+    """Set letters ``x`` with records (``set-x/`` or ``set-x.tar.gz``) and ``Outcomes-x.txt`` in ``folder``."""
+    folder = Path(folder)
+    found = []
+    for p in sorted(folder.iterdir()):
+        m = re.fullmatch(r"set-(\w+?)(\.tar\.gz)?", p.name)
+        if m and (p.is_dir() or m.group(2)) and (folder / f"Outcomes-{m.group(1)}.txt").is_file():
+            found.append(m.group(1))
+    if not found:
+        raise ValueError(
+            f"evaluation.external-path {str(folder)!r} holds no PhysioNet 2012 cohort: expected a set-<x> folder or "
+            "set-<x>.tar.gz with its Outcomes-<x>.txt"
+        )
+    return tuple(dict.fromkeys(found))
+
+
+def external_options(folder: str | Path, data_config) -> dict:
+    """Loader options for an external cohort in ``folder``: every set there, except set-a (the
+    training set) when the folder is ``data.path`` itself."""
+    sets = sets_in(folder)
+    if data_config.path and Path(folder).resolve() == Path(data_config.path).resolve():
+        sets = tuple(s for s in sets if s != "a")  # the training cohort is set-a of the same folder
+    if not sets:
+        raise ValueError(f"evaluation.external-path {str(folder)!r} holds only set-a, the training cohort")
+    return {"sets": sets}

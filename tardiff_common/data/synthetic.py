@@ -27,9 +27,10 @@ import numpy as np
 
 from .contract import SiteData, validate_site
 
-__all__ = ["HospitalProfile", "SyntheticICUConfig", "generate_hospitals", "DEFAULT_PROFILES"]
+__all__ = ["HospitalProfile", "SyntheticICUConfig", "generate_hospitals", "sites_for", "DEFAULT_PROFILES"]
 
 CHANNELS = ("heart_rate", "resp_rate", "spo2")
+DEFAULT_LENGTH = 48
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class SyntheticICUConfig:
     ``num_hospitals <= 3`` and draws further seeded profiles beyond that."""
 
     num_hospitals: int = 3
-    length: int = 48
+    length: int = DEFAULT_LENGTH
     seed: int = 0
     size_scale: float = 1.0
     profiles: tuple[HospitalProfile, ...] | None = field(default=None)
@@ -215,3 +216,25 @@ def _generate_hospitals(config: SyntheticICUConfig) -> tuple[SiteData, ...]:
             if isinstance(value, np.ndarray):
                 value.flags.writeable = False
     return sites
+
+
+def sites_for(data_config) -> list[SiteData]:
+    """The registered load of ``"synthetic"`` (``data.registry``): the hospitals a
+    ``DataConfig`` asks for (``num_hospitals``, ``data_seed``, ``size_scale``, ``length``; 0 =
+    ``DEFAULT_LENGTH``). ``data.channels`` other than ``CHANNELS`` is refused by name."""
+    from .loading import parse_channels
+
+    channels = parse_channels(getattr(data_config, "channels", ""))
+    if channels is not None and channels != CHANNELS:
+        raise ValueError(
+            f"data.channels={','.join(channels)!r} cannot be honoured by the synthetic source: it generates "
+            f"exactly {','.join(CHANNELS)!r} (leave data.channels empty)"
+        )
+    return generate_hospitals(
+        SyntheticICUConfig(
+            num_hospitals=data_config.num_hospitals,
+            length=int(data_config.length) or DEFAULT_LENGTH,
+            seed=data_config.data_seed,
+            size_scale=data_config.size_scale,
+        )
+    )

@@ -8,17 +8,29 @@ import numpy as np
 import pytest
 
 from tardiff_common.data.contract import SiteData, validate_site
-from tardiff_common.data.registry import (
-    SOURCES,
-    drop_small_sites,
-    fill_gaps,
-    load_sites,
-    summarize_sites,
-)
+from tardiff_common.data.grid import fill_gaps
+from tardiff_common.data.loading import load_sites_for
+from tardiff_common.data.registry import SOURCES, Source, load_sites, register
+from tardiff_common.data.registry import source as registered_source
+from tardiff_common.data.sites import drop_small_sites, summarize_sites
+from tardiff_common.data.synthetic import SyntheticICUConfig, generate_hospitals
+from tardiff_common.pipeline.config import DataConfig
 
 
 def test_sources():
-    assert SOURCES == ("eicu", "eicu_yaib", "mimic3", "physionet2012")
+    assert SOURCES == ("eicu", "eicu_yaib", "mimic3", "physionet2012", "synthetic")
+
+
+def test_synthetic_registers_like_any_other_source():
+    config = DataConfig(source="synthetic", num_hospitals=2, size_scale=0.1, data_seed=3)
+    sites = registered_source("synthetic").sites_for(config)
+    expected = generate_hospitals(SyntheticICUConfig(num_hospitals=2, size_scale=0.1, seed=3))
+    assert [s.name for s in sites] == [s.name for s in expected] == [s.name for s in load_sites_for(config)]
+    assert all(np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y) for a, b in zip(sites, expected, strict=True))
+    with pytest.raises(ValueError, match="'synthetic' is not read from a folder"):
+        load_sites("synthetic", ".")
+    with pytest.raises(ValueError, match="already registered"):
+        register(Source("synthetic", load="tardiff_common.data.synthetic:sites_for"))
 
 
 def test_unknown_source_lists_the_choices(tmp_path):
