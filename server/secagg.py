@@ -53,6 +53,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 
 from tardiff_common.pipeline.config import derive_seed
+from tardiff_common.pipeline.phase_list import SEED_IDS
 from tardiff_common.privacy.config import PrivacyConfig, secagg_share_spec
 
 from .run import ServerRun, TooFewSitesError
@@ -176,7 +177,7 @@ def secure_sum(run: ServerRun, phase: str, fitins: dict[int, FitIns], *, server_
     context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: 1})
     context.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()
     saved = random.getstate()  # the workflow shuffles the nodes (neighbour sets): seeded from the run seed
-    random.seed(derive_seed(run.config.seed, 7, server_round))
+    random.seed(derive_seed(run.config.seed, SEED_IDS["secagg"], server_round))
     try:
         secagg_workflow(privacy, timeout=run.config.federation.timeout_for(phase))(
             _AuditingGrid(run, phase, server_round), context)

@@ -33,6 +33,7 @@ from flwr.serverapp import Grid
 
 from tardiff_common import protocol as P
 from tardiff_common.pipeline.config import RunConfig
+from tardiff_common.pipeline.phase_list import WORKFLOW
 from tardiff_common.report.run_folder import write_json_atomic
 
 from .phases.classifier import run_classifier_phase
@@ -47,14 +48,15 @@ from .run import ServerRun
 
 __all__ = ["PHASES", "run_federated", "new_run_dir", "RunFinishedError", "failure_record"]
 
-PHASES: list[tuple[str, Callable[[ServerRun], None]]] = [
-    ("normalization", run_normalization),
-    ("classifier", run_classifier_phase),
-    ("influence", run_influence_phase),
-    ("diffusion", run_diffusion_phase),
-    ("selection", run_selection_phase),
-    ("generation", run_generation_phase),
-]
+RUNNERS: dict[str, Callable[[ServerRun], None]] = {
+    "normalization": run_normalization,
+    "classifier": run_classifier_phase,
+    "influence": run_influence_phase,
+    "diffusion": run_diffusion_phase,
+    "selection": run_selection_phase,
+    "generation": run_generation_phase,
+}
+PHASES: list[tuple[str, Callable[[ServerRun], None]]] = [(name, RUNNERS[name]) for name in WORKFLOW]  # in order
 
 
 class RunFinishedError(ValueError):

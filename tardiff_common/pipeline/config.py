@@ -40,6 +40,7 @@ from ..privacy.config import PrivacyConfig
 from ..training.classifier import ClassifierTrainConfig
 from ..training.diffusion import DiffusionTrainConfig
 from .config_errors import ConfigError, Problem, raise_if_any
+from .phase_list import TIMEOUT_PHASES
 
 __all__ = [
     "DataConfig",
@@ -131,9 +132,6 @@ class EvaluationConfig:
         return ClassifierTrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
 
 
-FEDERATED_PHASES = ("normalization", "classifier", "influence", "diffusion", "selection", "generation", "resume")
-
-
 @dataclass(frozen=True)
 class FederationConfig:
     """Round structure. The centralized pipeline follows the same schedule (rounds of local
@@ -178,9 +176,9 @@ class FederationConfig:
         for item in filter(None, (part.strip() for part in self.phase_timeouts.split(","))):
             phase, sep, value = item.partition("=")
             phase = phase.strip()
-            if not sep or phase not in FEDERATED_PHASES:
+            if not sep or phase not in TIMEOUT_PHASES:
                 raise ValueError(f"federation.phase-timeouts: {item!r} is not <phase>=<seconds> with a phase "
-                                 f"in {list(FEDERATED_PHASES)}")
+                                 f"in {list(TIMEOUT_PHASES)}")
             try:
                 seconds = float(value)
             except ValueError:

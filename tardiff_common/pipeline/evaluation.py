@@ -39,13 +39,13 @@ from ..metrics.summary import finite_weighted_mean, weighted_summary
 from ..metrics.utility import evaluate_utility
 from ..training.classifier import predict_proba
 from .config import RunConfig, derive_seed
-from .phases import PHASE_IDS, NormalizedSplits
+from .phase_list import SEED_IDS
+from .phases import NormalizedSplits
 
 __all__ = [
     "RESULT_KEYS",
     "CENTRALIZED_ONLY",
     "FEDERATED_ONLY",
-    "MEMBERSHIP_SEED_ID",
     "fidelity_config",
     "fidelity_of_sets",
     "membership_of_sets",
@@ -60,8 +60,6 @@ RESULT_KEYS = frozenset({
 })
 CENTRALIZED_ONLY = frozenset({"site_weighted", "per_site_test", "device", "baselines", "external"})
 FEDERATED_ONLY = frozenset({"comparison", "participation", "participation_rounds", "resumes", "communication"})
-
-MEMBERSHIP_SEED_ID = 6  # derive_seed(seed, 6, site index): the membership attack's randomness at a site
 
 Split = tuple[np.ndarray, np.ndarray]
 
@@ -88,7 +86,7 @@ def fidelity_of_sets(
     if base is None:
         return {}
     fid_config = replace(base, metrics=tuple(m for m in FIDELITY_METRICS if membership or m != "membership"))
-    seed = derive_seed(config.seed, PHASE_IDS["evaluation"])
+    seed = derive_seed(config.seed, SEED_IDS["evaluation"])
     out: dict[str, dict[str, float]] = {}
     for name, pair in synthetic.items():
         same = next((k for k, other in synthetic.items() if other is pair and k in out), None)
@@ -106,7 +104,7 @@ def membership_of_sets(synthetic: dict[str, Split], data: NormalizedSplits, conf
     for name, (x, _) in synthetic.items():
         try:
             out[name] = membership_inference(data.train_x, data.test_x, x,
-                                             seed=derive_seed(config.seed, MEMBERSHIP_SEED_ID, site_index))
+                                             seed=derive_seed(config.seed, SEED_IDS["membership"], site_index))
         except ValueError:  # fewer than 2 members or non-members
             out[name] = {"mia_auc": float("nan")}
     return out

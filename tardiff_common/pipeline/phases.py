@@ -46,6 +46,7 @@ from ..models.unet1d import UNet1D
 from ..training.classifier import train_classifier
 from ..training.diffusion import train_diffusion
 from .config import RunConfig, derive_seed
+from .phase_list import INITIAL_WEIGHTS, SEED_IDS
 
 if TYPE_CHECKING:  # Opacus is imported only when DP is used
     from ..privacy.accounting import Entry
@@ -53,7 +54,6 @@ if TYPE_CHECKING:  # Opacus is imported only when DP is used
     from ..privacy.dp_sgd import DPTrainingSession
 
 __all__ = [
-    "PHASE_IDS",
     "NormalizedSplits",
     "resolve_device",
     "prepare_splits",
@@ -73,9 +73,6 @@ __all__ = [
     "mean_influence",
     "SYNTHETIC_SETS",
 ]
-
-PHASE_IDS = {"classifier": 1, "influence": 2, "diffusion": 3, "generation": 4, "evaluation": 5}
-
 
 @dataclass(frozen=True)
 class NormalizedSplits:
@@ -155,12 +152,12 @@ def proximal_mu(config: RunConfig) -> float:
 
 
 def new_classifier(config: RunConfig, in_channels: int, device: torch.device) -> nn.Module:
-    torch.manual_seed(derive_seed(config.seed, 0, PHASE_IDS["classifier"]))
+    torch.manual_seed(derive_seed(config.seed, INITIAL_WEIGHTS, SEED_IDS["classifier"]))
     return build_classifier(in_channels, config.classifier).to(device)
 
 
 def new_unet(config: RunConfig, in_channels: int, device: torch.device) -> UNet1D:
-    torch.manual_seed(derive_seed(config.seed, 0, PHASE_IDS["diffusion"]))
+    torch.manual_seed(derive_seed(config.seed, INITIAL_WEIGHTS, SEED_IDS["diffusion"]))
     return UNet1D(replace(config.unet, in_channels=in_channels)).to(device)
 
 
@@ -181,7 +178,7 @@ def classifier_round(
 ) -> dict:
     """Phase 1: ``classifier_train.epochs`` local epochs on the site's training split (DP-SGD
     when ``privacy`` is given)."""
-    seed = derive_seed(config.seed, PHASE_IDS["classifier"], server_round, site_index)
+    seed = derive_seed(config.seed, SEED_IDS["classifier"], server_round, site_index)
     return train_classifier(
         model, data.train_x, data.train_y, config.classifier_train, seed=seed, pos_weight=pos_weight,
         proximal_mu=proximal_mu(config), progress=progress, desc=f"classifier r{server_round}", privacy=privacy,
@@ -201,7 +198,7 @@ def dp_guidance_sum(model: nn.Module, data: NormalizedSplits, config: RunConfig,
     from ..privacy.dp_gradient_sum import dp_gradient_sum
     from ..privacy.randomness import dp_generator
 
-    generator = dp_generator(config.privacy.reproducible_noise, config.seed, PHASE_IDS["influence"], site_index)
+    generator = dp_generator(config.privacy.reproducible_noise, config.seed, SEED_IDS["influence"], site_index)
     return dp_gradient_sum(model, data.guidance_x, data.guidance_y, clip=config.privacy.clip,
                            noise_multiplier=noise_multiplier, generator=generator,
                            target_class=config.guidance.target_class)
@@ -216,7 +213,7 @@ def dp_session(config: RunConfig, planned: Entry, *, server_round: int, site_ind
     return DPTrainingSession(phase=planned.phase, noise_multiplier=planned.noise_multiplier,
                              max_grad_norm=p.sgd_clip, clipping=p.clipping, accountant=p.accountant,
                              reproducible=p.reproducible_noise,
-                             seed_parts=(config.seed, PHASE_IDS[planned.phase], server_round, site_index))
+                             seed_parts=(config.seed, SEED_IDS[planned.phase], server_round, site_index))
 
 
 def diffusion_round(
@@ -232,7 +229,7 @@ def diffusion_round(
 ) -> dict:
     """Phase 3: ``diffusion_train.epochs`` local epochs of eps-prediction, updating ``ema``
     (DP-SGD when ``privacy`` is given)."""
-    seed = derive_seed(config.seed, PHASE_IDS["diffusion"], server_round, site_index)
+    seed = derive_seed(config.seed, SEED_IDS["diffusion"], server_round, site_index)
     return train_diffusion(
         unet, new_schedule(config), data.train_x, data.train_y, config.diffusion_train, seed=seed, ema=ema,
         proximal_mu=proximal_mu(config), progress=progress, desc=f"diffusion r{server_round}", privacy=privacy,
@@ -261,7 +258,7 @@ def synthesize(
     ``form = "filter"``: an unguided pool of ceil(n_c / (1 - s)) records per label c, of which
     the n_c with the highest influence I(x) are kept (s = 0 keeps the whole pool: unguided)."""
     labels = synthetic_labels(num_samples, positive_fraction)
-    seed = derive_seed(config.generation.seed, PHASE_IDS["generation"], site_index, *((draw,) if draw else ()))
+    seed = derive_seed(config.generation.seed, SEED_IDS["generation"], site_index, *((draw,) if draw else ()))
     desc = "unguided sampling" if guidance is None or not guidance.scale else f"sampling {guidance.form}:{guidance.scale:g}"
 
     def draw_set(y: np.ndarray, step: GuidanceConfig | None) -> np.ndarray:

@@ -30,12 +30,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..pipeline.config import RunConfig
+from ..pipeline.phase_list import DP_PHASES
 from .accounting import Entry, PrivacyLedger
 from .plan import SitePlan, plan_site
 
 __all__ = ["SiteLedger", "DP_PHASES"]
 
-DP_PHASES = ("normalization", "classifier", "influence", "diffusion")
 
 
 @dataclass

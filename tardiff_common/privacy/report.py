@@ -1,7 +1,7 @@
 """The *Privacy* rows of a run's metrics.json, one shape for the federated and the centralized run.
 
 Per data holder (a site, or "pooled" in the centralized run) one row per DP phase
-(``PHASES``) and a ``total`` row:
+(``phase_list.DP_PHASES``) and a ``total`` row:
 
 * a phase it released under DP: {"dp": True, "epsilon" of that phase alone, "sigma", "clip",
   "steps", "sample_rate"} from its ledger summary;
@@ -19,12 +19,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from ..pipeline.phase_list import DP_PHASES
 from .config import PrivacyConfig
 
-__all__ = ["PHASES", "privacy_rows_of", "privacy_settings", "finite_epsilon"]
-
-PHASES = ("normalization", "classifier", "influence", "diffusion")  # the phases that release under DP
-
+__all__ = ["privacy_rows_of", "privacy_settings", "finite_epsilon"]
 
 def finite_epsilon(value) -> float | None:
     """epsilon as a float; None stands for infinity (no noise) in JSON and renders as "inf"."""
@@ -39,7 +37,7 @@ def privacy_rows_of(site: str, report: dict, privacy: PrivacyConfig, released: C
     ``accounting.PrivacyLedger.summary``); ``released(phase)``: did it release in a phase it ran without DP."""
     p = privacy
     rows, covered = [], []
-    for phase in PHASES:
+    for phase in DP_PHASES:
         r = report.get(phase)
         if isinstance(r, dict):
             covered.append(phase)
