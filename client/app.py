@@ -37,8 +37,11 @@ from tardiff_common.data.normalize import histogram_edges_from_moments
 from tardiff_common.diffusion.ema import EMA
 from tardiff_common.influence.gradient_sum import GradientSum
 from tardiff_common.influence.guidance import Candidate
+from tardiff_common.metrics.pooling import strip_histograms
 from tardiff_common.pipeline import phases
+from tardiff_common.pipeline.benchmark import gbm_benchmark
 from tardiff_common.pipeline.evaluation import evaluate_site
+from tardiff_common.pipeline.external import EXTERNAL, site_external_result, transform_external
 from tardiff_common.pipeline.selection import resolve_guidance, score_candidates_at_site
 from tardiff_common.privacy.accounting import PrivacyBudgetExceeded, PrivacyLedger
 from tardiff_common.privacy.dp_statistics import dp_histogram, dp_moments, statistics_generator
@@ -46,7 +49,7 @@ from tardiff_common.privacy.ledger_policy import SiteLedger
 from tardiff_common.report.run_folder import write_npz_atomic
 from tardiff_common.serialization import load_module_numpy, module_to_numpy, normalizer_from_numpy
 
-from .site import Site, load_site
+from .site import Site, load_site, load_site_external
 
 # torch.func's forward-mode decompositions still use torch.jit.script internally
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=DeprecationWarning)
@@ -141,6 +144,10 @@ def _refusals(handler):
 def stats(msg: Message, context: Context) -> Message:
     """Per-channel moments of the training split + record counts (for the audit and weights)."""
     site = load_site(context)
+    try:  # the site's own external cohort (node config external-path) is checked before any training
+        load_site_external(site)
+    except ValueError as err:
+        return P.refusal_reply(msg, f"{P.SITE_CONFIG_ERROR}: {err}")
     train = site.splits.train
     summary = train.summary()
     missing = list(summary["missing_fraction"].values())
@@ -324,6 +331,16 @@ def tune(msg: Message, context: Context) -> Message:
     return _reply(msg, **{P.METRICS: P.encode_candidate_scores(scores), P.SITE: _site_record(site)})
 
 
+def _gbm_rows(site: Site, external) -> dict[str, dict]:
+    """The gradient-boosting benchmark on the site's own splits (original units), scored on its test
+    split ("site") and its external cohort; {} when its training split holds a single class."""
+    tests = {"site": site.splits.test, **({EXTERNAL: external} if external is not None else {})}
+    try:
+        return gbm_benchmark(site.splits, tests, site.config.evaluation.seeds)
+    except ValueError:
+        return {}
+
+
 @app.query("generate")
 def generate(msg: Message, context: Context) -> Message:
     """Sample guided and unguided sets locally, keep them on this site's disk, return metrics."""
@@ -341,7 +358,18 @@ def generate(msg: Message, context: Context) -> Message:
         **{f"{name}_x": normalizer.inverse_transform(x) for name, (x, _) in synthetic.items()},
         **{f"{name}_y": y for name, (_, y) in synthetic.items()},
     )
-    metrics = evaluate_site(classifier, synthetic, data, site.config, site_index=site.index, influence=influence_means)
+    external = load_site_external(site)
+    other_tests = None
+    if external is not None:  # the site's medians and the global normalizer: training statistics only
+        external, external_x = transform_external(external, site.splits.train, normalizer)
+        other_tests = {EXTERNAL: (external_x, external.y)}
+    metrics = evaluate_site(classifier, synthetic, data, site.config, site_index=site.index, influence=influence_means,
+                            other_tests=other_tests)
+    gbm = _gbm_rows(site, external)
+    metrics["baselines"] = {"gbm": {"site": gbm["site"]}} if gbm else {}
+    if external is not None:
+        by_test = strip_histograms(metrics.pop("other_tests"))
+        metrics[EXTERNAL] = site_external_result(external, by_test[EXTERNAL], (gbm or {}).get(EXTERNAL))
     with _site_ledger(site, context) as policy:
         metrics["privacy"] = policy.summary()
     return _reply(msg, **{P.METRICS: P.to_metric_record(metrics), P.SITE: _site_record(site)})

@@ -16,7 +16,9 @@ Which records a site holds (node config first, then run config):
 (torch CPU threads of the site's ClientApp; 0 = torch's default, all cores) overrides the run
 config's ``threads`` (which the coordinator sets for everyone), and ``output-dir`` says where
 the site keeps its synthetic data (default: ``<output.dir>/<run name>/sites/<site>`` on the
-node's file system).
+node's file system). ``external-path`` names the site's own external cohort (a folder of its
+data source's schema, e.g. a PhysioNet ``set-b``): loaded and checked when the site answers phase
+0, scored in phase 4 (``tardiff_common.pipeline.external``).
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from flwr.app import Context
 from tardiff_common.data.contract import SiteData, SiteSplits
 from tardiff_common.data.loading import load_sites_for
 from tardiff_common.pipeline.config import RunConfig
+from tardiff_common.pipeline.external import load_external_cohort
 from tardiff_common.pipeline.phases import prepare_splits, resolve_device
 
-__all__ = ["Site", "load_site"]
+__all__ = ["Site", "load_site", "load_site_external"]
 
 _DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice at import (before any override)
 
@@ -105,3 +108,14 @@ def load_site(context: Context) -> Site:
     index, site = _pick(load_sites_for(config.data), node, config.data.source)
     return Site(index=index, name=site.name, config=config, splits=prepare_splits(site, config),
                 device=resolve_device(config.device), node_config=node)
+
+
+def load_site_external(site: Site) -> SiteData | None:
+    """The site's external cohort (node config ``external-path``) in raw units, or ``None`` when it
+    names none. A missing or malformed path, another channel / length layout or a stay id shared
+    with the site's own records is a ``ValueError`` naming the site and the node-config entry."""
+    path = str(site.node_config.get("external-path", "") or "").strip()
+    if not path:
+        return None
+    own = list(site.splits.parts().values())
+    return load_external_cohort(site.config.data, path, own, key=f"site {site.name!r}: node config external-path")

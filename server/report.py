@@ -20,7 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from tardiff_common.metrics.pooling import strip_histograms
+from tardiff_common.metrics.summary import weighted_summary
+from tardiff_common.pipeline.benchmark import BENCHMARK_NOTE
 from tardiff_common.pipeline.evaluation import pool_membership, pool_site_metrics
+from tardiff_common.pipeline.external import EXTERNAL, pool_external
 from tardiff_common.privacy.report import privacy_settings
 from tardiff_common.report.markdown import render_report
 from tardiff_common.report.plots import plot_metric_bars, plot_site_bars
@@ -67,9 +70,40 @@ def comparison_rows(federated: dict, baseline: dict | None) -> dict[str, dict]:
     return rows
 
 
+EXTERNAL_COHORT_NOTE = "per site: each site's own node-config external-path (paths stay at the sites)"
+
+
+def split_site_extras(site_metrics: dict[str, dict]) -> tuple[dict[str, dict], dict[str, dict], dict[str, dict]]:
+    """(per-site evaluation metrics, {site: its external-cohort result}, {site: its gradient-boosting
+    rows}): the last two come from the generation reply and have their own sections."""
+    core, external, gbm = {}, {}, {}
+    for name, metrics in site_metrics.items():
+        core[name] = {k: v for k, v in metrics.items() if k not in (EXTERNAL, "baselines")}
+        if metrics.get(EXTERNAL):
+            external[name] = metrics[EXTERNAL]
+        rows = (metrics.get("baselines") or {}).get("gbm") or {}
+        if rows.get("site"):
+            gbm[name] = rows["site"]
+    return core, external, gbm
+
+
+def federated_baselines(core: dict[str, dict], gbm: dict[str, dict], external: dict | None) -> dict:
+    """``metrics["baselines"]``: gradient boosting on each site's own splits, per site and
+    site-weighted by test size (beside the site-weighted real-only row), and on the external cohorts."""
+    rows: dict[str, dict] = {}
+    if gbm:
+        names = sorted(gbm)
+        rows["site_weighted"] = weighted_summary([gbm[n] for n in names], [float(core[n]["test_size"]) for n in names])
+        rows.update({n: gbm[n] for n in names})
+    if external and (external.get("baselines") or {}).get("gbm"):
+        rows[EXTERNAL] = external["baselines"]["gbm"]
+    return {"gbm": rows, "note": BENCHMARK_NOTE + "; trained at each site on its own splits"}
+
+
 def write_federated_report(run: ServerRun) -> dict:
-    site_metrics = run.state["site_metrics"]
+    site_metrics, site_external, site_gbm = split_site_extras(run.state["site_metrics"])
     pooled = pool_site_metrics(site_metrics)
+    external = pool_external(site_external, path=EXTERNAL_COHORT_NOTE) if site_external else None
     baseline = load_baseline(run)
     metrics = {
         "federated": True,
@@ -87,6 +121,8 @@ def write_federated_report(run: ServerRun) -> dict:
         "privacy": privacy_rows(run, site_metrics),
         "privacy_settings": _privacy_settings(run),
         "membership": pool_membership(site_metrics),
+        "baselines": federated_baselines(site_metrics, site_gbm, external),
+        **({EXTERNAL: external} if external is not None else {}),
     }
     figures = ["tstr.png", "sites_auprc.png"]
     plot_metric_bars(pooled["tstr"], run.run_dir / "tstr.png",

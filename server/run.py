@@ -32,6 +32,7 @@ import numpy as np
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
+from tardiff_common import protocol as P
 from tardiff_common.data.contract import SPLIT_NAMES
 from tardiff_common.pipeline.config import RunConfig
 from tardiff_common.pipeline.selection import tuning_rows
@@ -94,7 +95,7 @@ class SiteInfo:
 
 def _retryable(reason: str) -> bool:
     """A budget refusal is final (the site would refuse again); anything else may be transient."""
-    return BUDGET_MARKER not in reason
+    return BUDGET_MARKER not in reason and P.SITE_CONFIG_ERROR not in reason
 
 
 @dataclass

@@ -35,6 +35,8 @@ __all__ = ["ArraySpec", "ListRule", "ReplySchema", "reply_schema", "schema_probl
 
 MAX_CONFIG_TEXT = 256  # characters: the longest string a site record entry may hold (a site or channel name)
 HISTOGRAM_BINS = 4096  # phase 0b's bins per channel (``normalize.histogram_edges_from_moments``' default)
+SUMMARY_SCALARS = 16  # at most this many scalars in one score summary (mean and CI per metric, runs, ...)
+REPORTED_SETS = ("real", "unguided", "unguided_2", "tardiff")  # the training sets phase 4 scores
 PRIVACY_METRICS = "privacy/*"  # the DP ledger summary a site may add to any reply (scalars)
 
 
@@ -100,7 +102,10 @@ def reply_schema(message_type: str, *, channels: int | None, config=None,
                            max_scalars=2 * max(tuning_rows, 1))
     if message_type == P.GENERATE:
         seeds = len(config.evaluation.seeds)
-        return ReplySchema(message_type, scalars=("*",), max_scalars=1024,
+        # a site's own external cohort (node config external-path) and its gradient-boosting rows add
+        # "external/{cohort,tstr,tsrtr,gbm}/..." and "baselines/gbm/site/..." summaries
+        summaries = len(REPORTED_SETS) * (1 + len(config.evaluation.tsrtr_ratios)) + 2
+        return ReplySchema(message_type, scalars=("*",), max_scalars=1024 + SUMMARY_SCALARS * summaries + 2,
                            lists=(ListRule("*/values/*", seeds), ListRule("*histograms", seeds * 2 * SCORE_BINS)))
     return None
 

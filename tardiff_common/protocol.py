@@ -119,6 +119,7 @@ SITE = "site"
 PRIVACY_LEDGER = "privacy.ledger"  # context.state: the site's DP ledger
 PRIVACY_PLAN = "privacy.plan"  # context.state: the site's solved DP schedule (cache)
 PRIVACY_SPENT = "privacy.spent"  # server -> site: the DP operations dispatched to this site before
+SITE_CONFIG_ERROR = "site configuration error"  # in a phase-0 error reply: the run stops (no retry, no dropping)
 PACKED = "packed."  # ArrayRecord keys "packed.<dtype>": one flat vector per dtype
 PACK_INDEX = "packed.index"  # ArrayRecord key of the index (uint8 JSON) in server -> site messages
 

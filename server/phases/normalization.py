@@ -57,6 +57,7 @@ def check_unique_names(infos: list[SiteInfo]) -> None:
 def run_normalization(run: ServerRun) -> None:
     nodes = run.wait_for_nodes()
     replies = run.query("normalization", P.STATS, RecordDict({P.CONFIG: ConfigRecord({})}), node_ids=nodes)
+    _stop_on_site_config_errors(run)
     infos = [site_info(reply) for reply in replies]  # replies come in site-name order
     check_unique_names(infos)
     moments_parts = []
@@ -85,6 +86,15 @@ def run_normalization(run: ServerRun) -> None:
     run.log(f"[normalization] {len(run.sites)} sites: " + ", ".join(
         f"{s.name} ({s.counts['train']} train, {s.counts['train-positives']} positive)" for s in run.sites.values()))
     run.checkpoint("normalization", 0)
+
+
+def _stop_on_site_config_errors(run: ServerRun) -> None:
+    """A site whose own configuration is wrong (e.g. its node config's external-path) stops the run
+    before any training, naming the site, instead of being dropped silently."""
+    dropped = (run.rounds[-1] if run.rounds else {}).get("dropped", {})
+    bad = {node: why for node, why in dropped.items() if P.SITE_CONFIG_ERROR in why}  # the reason names the site
+    if bad:
+        raise ValueError("phase 0, before any training: " + "; ".join(f"{node}: {why}" for node, why in sorted(bad.items())))
 
 
 def _record_dp(run: ServerRun, replies, log_round: int | None) -> None:

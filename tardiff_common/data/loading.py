@@ -52,24 +52,27 @@ def load_folder_source(data_config) -> list[SiteData]:
     )
 
 
-def load_external_for(data_config, path: str) -> list[SiteData]:
+def load_external_for(data_config, path: str, *, key: str = "evaluation.external-path") -> list[SiteData]:
     """The sites of an external cohort at ``path`` (``evaluation.external-path``): the same source,
     task, channels and length as ``data_config``, read by the same loader, no size filter.
 
     A source module may pick the cohorts in the folder (``external_options``; for
     ``physionet2012``: every ``set-<x>`` folder or ``set-<x>.tar.gz`` with its ``Outcomes-<x>.txt``,
     except set-a, the training set, when the folder is ``data.path`` itself). Raises
-    ``ValueError`` naming ``evaluation.external-path`` when the path is missing or holds no such
+    ``ValueError`` naming ``evaluation.external-path`` (or ``key``: a site's node-config entry) when the path is missing or holds no such
     cohort, or the source has no cohorts in folders (the synthetic one).
     """
     entry = source(data_config.source)
     if not entry.external:
-        raise ValueError(f"evaluation.external-path needs a data.source read from folders; {entry.name!r} has no cohorts")
+        raise ValueError(f"{key} needs a data.source read from folders; {entry.name!r} has no cohorts")
     folder = Path(path)
     if not folder.is_dir():
-        raise ValueError(f"evaluation.external-path {path!r} is not a folder")
+        raise ValueError(f"{key} {path!r} is not a folder")
     module = importlib.import_module(entry.module)
-    options = module.external_options(path, data_config) if hasattr(module, "external_options") else {}
+    try:
+        options = module.external_options(path, data_config) if hasattr(module, "external_options") else {}
+    except ValueError as err:  # the source's own message names the centralized key
+        raise ValueError(str(err).replace("evaluation.external-path", key)) from err
     try:
         return load_sites(
             data_config.source,
@@ -82,4 +85,4 @@ def load_external_for(data_config, path: str) -> list[SiteData]:
             **options,
         )
     except ValueError as err:
-        raise ValueError(f"evaluation.external-path {path!r}: {err}") from err
+        raise ValueError(f"{key} {path!r}: {err}") from err

@@ -7,10 +7,16 @@ their metrics.json share one schema (tested):
 
 * ``RESULT_KEYS``: the sections both write — TSTR / TSRTR summaries (site-weighted), theta*'s
   scores, mean influence, fidelity and membership risk per synthetic set, paired differences,
-  histogram-pooled AUROC / AUPRC, the guidance selection, per-site results, data, timing, privacy;
+  histogram-pooled AUROC / AUPRC, the guidance selection, per-site results, data, timing, privacy,
+  the gradient-boosting benchmark beside the real-only rows (``baselines``: {"gbm": {test name:
+  summary}, "note"}; the test names are the run's own: "pooled" and each hospital centrally,
+  "site_weighted" and each site federated, "external" in both);
+* ``OPTIONAL_KEYS``: sections both write when configured, with one schema: ``external`` (the
+  external cohort, ``pipeline.external``; a path in the centralized config, a site's node config
+  in the federated run);
 * ``CENTRALIZED_ONLY``: the pooled-trained evaluation classifiers scored on each hospital's test
-  split (``site_weighted``, ``per_site_test``: what the federated report compares against), the
-  pooled-data baselines and external cohort (``baselines``, ``external``) and the device;
+  split (``site_weighted``, ``per_site_test``: what the federated report compares against) and the
+  device;
 * ``FEDERATED_ONLY``: the deployment's own records (participation, resumes, communication) and
   the comparison with a centralized baseline.
 
@@ -44,6 +50,7 @@ from .phases import NormalizedSplits
 
 __all__ = [
     "RESULT_KEYS",
+    "OPTIONAL_KEYS",
     "CENTRALIZED_ONLY",
     "FEDERATED_ONLY",
     "fidelity_config",
@@ -57,8 +64,10 @@ __all__ = [
 RESULT_KEYS = frozenset({
     "federated", "tstr", "tsrtr", "global_classifier", "influence", "fidelity", "paired", "histogram_pooled",
     "membership", "selection", "sites", "guidance_records", "data", "timing", "privacy", "privacy_settings",
+    "baselines",
 })
-CENTRALIZED_ONLY = frozenset({"site_weighted", "per_site_test", "device", "baselines", "external"})
+OPTIONAL_KEYS = frozenset({"external"})
+CENTRALIZED_ONLY = frozenset({"site_weighted", "per_site_test", "device"})
 FEDERATED_ONLY = frozenset({"comparison", "participation", "participation_rounds", "resumes", "communication"})
 
 Split = tuple[np.ndarray, np.ndarray]

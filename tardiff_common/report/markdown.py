@@ -88,8 +88,10 @@ def _selection_section(selection: dict) -> list[str]:
 
 def _real_only_rows(metrics: dict) -> dict[str, dict]:
     """{test name: the evaluation classifier's real-only summary} wherever the run has one."""
-    rows = {"pooled": (metrics.get("tstr") or {}).get("real")}
-    rows.update({site: (v.get("tstr") or {}).get("real") for site, v in (metrics.get("per_site_test") or {}).items()})
+    real = (metrics.get("tstr") or {}).get("real")
+    rows = {"site_weighted": real} if metrics.get("federated") else {"pooled": real}
+    per_site = metrics.get("sites") if metrics.get("federated") else metrics.get("per_site_test")
+    rows.update({site: ((v or {}).get("tstr") or {}).get("real") for site, v in (per_site or {}).items()})
     rows["external"] = ((metrics.get("external") or {}).get("tstr") or {}).get("real")
     return {k: v for k, v in rows.items() if v}
 

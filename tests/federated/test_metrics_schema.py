@@ -10,14 +10,14 @@ import pytest
 from tardiff_common.data.loading import load_sites_for
 from tardiff_common.pipeline.centralized import run_centralized
 from tardiff_common.pipeline.config import RunConfig
-from tardiff_common.pipeline.evaluation import CENTRALIZED_ONLY, FEDERATED_ONLY, RESULT_KEYS
+from tardiff_common.pipeline.evaluation import CENTRALIZED_ONLY, FEDERATED_ONLY, OPTIONAL_KEYS, RESULT_KEYS
 
 from .conftest import run_local, tiny_flat
 
 pytestmark = pytest.mark.slow
 
 # sections whose inner keys name run-specific things (sites, phases, privacy rows): compared one level deep
-SHALLOW = ("data", "timing", "privacy", "privacy_settings", "sites")
+SHALLOW = ("data", "timing", "privacy", "privacy_settings", "sites", "baselines")
 SITE_ONLY = {"privacy"}  # a hospital's own DP ledger summary, added by the ClientApp
 
 
@@ -44,6 +44,12 @@ def test_centralized_and_federated_metrics_share_one_schema(tmp_path):
     assert set(central) - CENTRALIZED_ONLY == RESULT_KEYS
     assert set(federated) - FEDERATED_ONLY == RESULT_KEYS
     assert not set(federated) & CENTRALIZED_ONLY and not set(central) & FEDERATED_ONLY
+    assert not (set(central) | set(federated)) & OPTIONAL_KEYS  # no external cohort configured
+    # the benchmark beside the real-only rows: each run's own test splits, one summary schema
+    assert set(central["baselines"]["gbm"]) == {"pooled", *central["per_site_test"]}
+    # (a site whose training split cannot fit the booster, e.g. one positive record, is left out of it)
+    assert {"site_weighted", "hospital_a"} <= set(federated["baselines"]["gbm"]) <= {"site_weighted", *federated["sites"]}
+    assert key_tree(central["baselines"]["gbm"]["pooled"]) == key_tree(federated["baselines"]["gbm"]["site_weighted"])
     for section in sorted(RESULT_KEYS - set(SHALLOW)):
         assert key_tree(central[section]) == key_tree(federated[section]), section
     for section in SHALLOW:
