@@ -14,7 +14,7 @@ from .contract import SiteData
 from .registry import load_sites, source
 from .sites import summarize_sites
 
-__all__ = ["load_sites_for", "load_external_for", "load_folder_source", "parse_channels", "summarize_sites"]
+__all__ = ["held_out", "load_sites_for", "load_external_for", "load_folder_source", "parse_channels", "summarize_sites"]
 
 
 def parse_channels(text: str) -> tuple[str, ...] | None:
@@ -31,10 +31,30 @@ def parse_channels(text: str) -> tuple[str, ...] | None:
     return names
 
 
+def held_out(data_config) -> tuple[str, ...]:
+    """The site names of ``data.hold-out`` (comma-separated; ``()`` when empty)."""
+    text = str(getattr(data_config, "hold_out", "") or "")
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
 def load_sites_for(data_config) -> list[SiteData]:
     """``data_config`` is a ``pipeline.config.DataConfig``; its source's registered load reads
-    (or generates) the sites."""
-    return source(data_config.source).sites_for(data_config)
+    (or generates) the sites, less the ones ``data.hold-out`` names (held out for external
+    validation: ``evaluation.external-path`` = ``data.path`` then scores exactly them). An unknown
+    name is a ``ValueError`` listing the source's sites."""
+    sites = source(data_config.source).sites_for(data_config)
+    held = held_out(data_config)
+    if not held:
+        return sites
+    names = [s.name for s in sites]
+    unknown = [h for h in held if h not in names]
+    if unknown:
+        raise ValueError(f"data.hold-out names {unknown}, not sites of {data_config.source!r} with data.site-by = "
+                         f"{data_config.site_by!r}; its sites: {names}")
+    kept = [s for s in sites if s.name not in held]
+    if not kept:
+        raise ValueError(f"data.hold-out = {data_config.hold_out!r} holds out every site; nothing is left to train on")
+    return kept
 
 
 def load_folder_source(data_config) -> list[SiteData]:
@@ -60,7 +80,8 @@ def load_external_for(data_config, path: str, *, key: str = "evaluation.external
     ``physionet2012``: every ``set-<x>`` folder or ``set-<x>.tar.gz`` with its ``Outcomes-<x>.txt``,
     except set-a, the training set, when the folder is ``data.path`` itself). Raises
     ``ValueError`` naming ``evaluation.external-path`` (or ``key``: a site's node-config entry) when the path is missing or holds no such
-    cohort, or the source has no cohorts in folders (the synthetic one).
+    cohort, or the source has no cohorts in folders (the synthetic one). With ``data.hold-out`` and
+    ``path`` = ``data.path``, the cohort is the held-out sites of the training data's own load.
     """
     entry = source(data_config.source)
     if not entry.external:
@@ -68,6 +89,10 @@ def load_external_for(data_config, path: str, *, key: str = "evaluation.external
     folder = Path(path)
     if not folder.is_dir():
         raise ValueError(f"{key} {path!r} is not a folder")
+    held = held_out(data_config)
+    same = bool(data_config.path) and folder.resolve() == Path(data_config.path).resolve()
+    if held and same:  # the sites data.hold-out left out of training, read by the training load
+        return [s for s in source(data_config.source).sites_for(data_config) if s.name in held]
     module = importlib.import_module(entry.module)
     try:
         options = module.external_options(path, data_config) if hasattr(module, "external_options") else {}

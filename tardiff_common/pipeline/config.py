@@ -69,6 +69,7 @@ class DataConfig:
     num_hospitals: int = 3
     length: int = 0  # time steps; 0 = the source's own (synthetic/physionet2012 48, eicu 288, eicu_yaib/mimic3 24)
     channels: str = ""  # comma-separated variables of the source ("" = its default set), e.g. "HR,GCS,Lactate"
+    hold_out: str = ""  # comma-separated site names left out of training (e.g. an eICU region), for external validation
     size_scale: float = 1.0
     data_seed: int = 0
     split_seed: int = 0

@@ -108,7 +108,7 @@ def pool_external(results: dict[str, dict], *, path: str, sites: list | None = N
     records = int(sum(results[n]["cohort"]["records"] for n in names))
     positives = int(sum(results[n]["cohort"]["positives"] for n in names))
     if sites is None:
-        sites = [{"holder": n, "records": int(results[n]["cohort"]["records"]),
+        sites = [{"site": n, "records": int(results[n]["cohort"]["records"]),
                   "positives": int(results[n]["cohort"]["positives"])} for n in names]
     return {
         "cohort": {"path": path, "records": records, "positives": positives,

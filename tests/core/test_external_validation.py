@@ -137,3 +137,16 @@ def _copy_of_a(root: Path) -> Path:
     folder = root / "copy"
     write_cohort(folder, "x", range(1000, 1010), seed=3)  # same RecordIDs as set-a
     return folder
+
+
+def test_hold_out_leaves_sites_out_of_training_and_scores_exactly_them(cohorts):
+    config = _config(cohorts, str(cohorts))
+    config = replace(config, data=replace(config.data, site_by="icutype", hold_out="icu2_cardiac_surgery"))
+    train = load_sites_for(config.data)
+    assert [s.name for s in train] == ["icu1_coronary"]
+    cohort = load_external(config, train)
+    assert cohort.num_records == 45 and [s["site"] for s in cohort.meta["sites"]] == ["icu2_cardiac_surgery"]
+    assert not set(cohort.meta["stay_ids"].tolist()) & set(train[0].meta["stay_ids"].tolist())
+    with pytest.raises(ValueError, match=r"data\.hold-out names \['icu9'\].*its sites: \['icu1_coronary', "
+                                         r"'icu2_cardiac_surgery'\]"):
+        load_sites_for(replace(config.data, hold_out="icu9"))

@@ -44,7 +44,7 @@ def test_federated_external_section_has_the_centralized_schema(cohorts, tmp_path
     assert key_tree(federated["external"]) == key_tree(central["external"])
     cohort = federated["external"]["cohort"]
     assert cohort["records"] == 2 * 48 and cohort["positives"] == 2 * 16  # both sites scored set-b
-    assert [row["holder"] for row in cohort["sites"]] == sorted(federated["sites"])
+    assert [row["site"] for row in cohort["sites"]] == sorted(federated["sites"])
     assert str(cohorts) not in json.dumps(federated["external"])  # a site's path stays at the site
     # the site's external results have their own section, not a site entry
     assert all("external" not in m and "baselines" not in m for m in federated["sites"].values())
