@@ -2,7 +2,9 @@
 
 Every field is declared once with its kind, so a checkpoint never guesses a value's type:
 
-* array groups ({name: ndarray}) go to ``state.npz`` as "<field>/<name>" arrays;
+* array groups ({name: ndarray}) go to ``state.npz`` as "<field>/<name>" arrays: the groups
+  of the one checkpoint format (``tardiff_common.checkpoint.GROUPS``), so ``state.npz`` loads
+  as a ``TrainedTarDiff``;
 * everything else (counts, the selection record, site metrics, the DP bookkeeping) goes to the
   progress JSON.
 
@@ -17,11 +19,11 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from tardiff_common.checkpoint import GROUPS as ARRAY_GROUPS
+
 __all__ = ["GlobalState", "ARRAY_GROUPS"]
 
 ArrayGroup = dict[str, np.ndarray]
-
-ARRAY_GROUPS = ("normalizer", "classifier", "gradient_sum", "direction", "unet")
 
 
 @dataclass

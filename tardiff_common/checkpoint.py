@@ -5,9 +5,9 @@ the federated server.
 theta*, the guidance gradient sum G (g = G / ||G|| is the influence direction) and the
 conditional U-Net with its EMA copy (the EMA copy samples).
 
-Format: one ``.npz`` of flat ``"<group>/<name>"`` arrays, the same groups the server keeps in
-its global state (``server.state.ARRAY_GROUPS``), so the federated ``checkpoint/state.npz``
-*is* a TarDiff checkpoint too:
+Format: one ``.npz`` of flat ``"<group>/<name>"`` arrays (``GROUPS``); the server's global state
+keeps its arrays in the same groups, so the federated ``checkpoint/state.npz`` *is* a TarDiff
+checkpoint too:
 
 * ``normalizer/<name>`` — ``serialization.normalizer_to_numpy`` (z-score: mean, std [C]; PIT:
   knots per channel);

@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .loop import train_epochs
+from .loop import BatchLoss, train_epochs
 
 if TYPE_CHECKING:  # Opacus is imported only when DP is used
     from ..privacy.dp_sgd import DPTrainingSession
 
-__all__ = ["ClassifierTrainConfig", "train_classifier", "predict_proba", "positive_class_weight"]
+__all__ = ["ClassifierTrainConfig", "classifier_batch_loss", "train_classifier", "predict_proba", "positive_class_weight"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,17 @@ def positive_class_weight(y: np.ndarray, class_weighting: str) -> float:
     return n_neg / n_pos if n_pos and n_neg else 1.0
 
 
+def classifier_batch_loss(pos_weight: float, device: torch.device) -> BatchLoss:
+    """The classifier's per-batch loss for ``train_epochs``: mean BCEWithLogits(f_theta(x_B), y_B)
+    with the positive class weighted by ``pos_weight``."""
+    pw = torch.tensor(pos_weight, device=device)
+
+    def batch_loss(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor, _generator) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(net(xb), yb.float(), pos_weight=pw)
+
+    return batch_loss
+
+
 def train_classifier(
     model: nn.Module,
     x: np.ndarray,
@@ -80,10 +91,7 @@ def train_classifier(
     """
     if pos_weight is None:
         pos_weight = positive_class_weight(np.asarray(y), config.class_weighting)
-    pw = torch.tensor(pos_weight, device=next(model.parameters()).device)
-
-    def batch_loss(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor, _generator) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(net(xb), yb.float(), pos_weight=pw)
+    batch_loss = classifier_batch_loss(pos_weight, next(model.parameters()).device)
 
     def make_optimizer(params):
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)

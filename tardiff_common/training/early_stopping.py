@@ -1,8 +1,8 @@
 """Classifier training that stops early on a validation split's loss and keeps the best epoch.
 
-The loop is the plain path of ``training.classifier.train_classifier`` (the same seeded
-batches as ``training.loop.seeded_loader``, sliced from one tensor instead of collated record
-by record; Adam, positive-class weight and gradient clipping, so its first k epochs are
+The loop is the one training loop, ``training.loop.train_epochs``, with the loss of
+``training.classifier.train_classifier`` (BCEWithLogits with the positive-class weight, Adam,
+gradient clipping; Adam's multi-tensor update, so its first k epochs are
 ``train_classifier(epochs=k)``'s to float rounding), plus, after every epoch e = 1, 2, ...:
 
     V_e = mean_i BCEWithLogits(f_theta_e(x_i), y_i; pos_weight)    over the validation split
@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .classifier import ClassifierTrainConfig, positive_class_weight
+from .classifier import ClassifierTrainConfig, classifier_batch_loss, positive_class_weight
+from .loop import train_epochs
 
 __all__ = ["EarlyStopping", "train_early_stopped", "validation_loss"]
 
@@ -77,37 +78,24 @@ def train_early_stopped(
         raise ValueError(f"patience must be >= 1, got {patience}")
     if len(y_val) == 0:
         raise ValueError("early stopping needs a non-empty validation split")
-    device = next(model.parameters()).device
     pos_weight = positive_class_weight(np.asarray(y), config.class_weighting)
-    pw = torch.tensor(pos_weight, device=device)
-    xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
-    generator = torch.Generator().manual_seed(seed)
-    batch_size = min(config.batch_size, len(yt))
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True)
-    best_loss, best_epoch, best_state, since_best = float("inf"), 0, copy.deepcopy(model.state_dict()), 0
+    best = {"loss": float("inf"), "epoch": 0, "state": copy.deepcopy(model.state_dict()), "since": 0}
     losses: list[float] = []
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        # seeded_loader's DataLoader draws, per epoch, its base seed, the sampler's permutation and
-        # (the sampler's remainder step, num_samples % n = 0 of it used) a second permutation
-        torch.empty((), dtype=torch.int64).random_(generator=generator)
-        order = torch.randperm(len(yt), generator=generator)
-        torch.randperm(len(yt), generator=generator)
-        for start in range(0, len(order), batch_size):
-            xb, yb = xt[order[start : start + batch_size]].to(device), yt[order[start : start + batch_size]].to(device)
-            optimizer.zero_grad(set_to_none=True)
-            F.binary_cross_entropy_with_logits(model(xb), yb.float(), pos_weight=pw).backward()
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
+
+    def make_optimizer(params):
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+
+    def after_epoch(epoch: int) -> bool:
         losses.append(validation_loss(model, x_val, y_val, pos_weight=pos_weight))
-        if losses[-1] < best_loss - min_delta:
-            best_loss, best_epoch, since_best = losses[-1], epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            since_best += 1
-            if since_best >= patience:
-                break
-    model.load_state_dict(best_state)
+        if losses[-1] < best["loss"] - min_delta:
+            best.update(loss=losses[-1], epoch=epoch, state=copy.deepcopy(model.state_dict()), since=0)
+            return False
+        best["since"] += 1
+        return best["since"] >= patience
+
+    batch_loss = classifier_batch_loss(pos_weight, next(model.parameters()).device)
+    train_epochs(model, x, y, batch_loss, make_optimizer, epochs=config.epochs, batch_size=config.batch_size,
+                 seed=seed, grad_clip=config.grad_clip, after_epoch=after_epoch)
+    model.load_state_dict(best["state"])
     model.eval()
-    return EarlyStopping(best_epoch=best_epoch, epochs_run=len(losses), val_losses=tuple(losses))
+    return EarlyStopping(best_epoch=best["epoch"], epochs_run=len(losses), val_losses=tuple(losses))
