@@ -118,6 +118,7 @@ def write_federated_report(run: ServerRun) -> dict:
         "communication": run.audit.summary(),
         "data": {"source": run.config.data.source, "sites": [s.summary() for _, s in sorted(run.registered.items())]},
         "timing": run.timer.as_dict(),
+        "timing_cpu": run.timer.cpu_dict(),  # this process only: the ServerApp, or every site in-process
         "privacy": privacy_rows(run, site_metrics),
         "privacy_settings": _privacy_settings(run),
         "membership": pool_membership(site_metrics),

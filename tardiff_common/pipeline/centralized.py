@@ -200,6 +200,7 @@ def run_centralized(
         "guidance_records": trained.gradient_sum.count,
         "data": {"source": config.data.source, "sites": [s.summary() for s in sites]},
         "timing": timer.as_dict(),
+        "timing_cpu": timer.cpu_dict(),
         "device": str(device),
         "privacy": privacy_rows_of(POOLED, ledger.summary() if ledger else {}, config.privacy, lambda _: True),
         "privacy_settings": privacy_settings(config.privacy, []),

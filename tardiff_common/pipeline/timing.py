@@ -1,4 +1,4 @@
-"""Wall-clock seconds per named phase."""
+"""Wall-clock and CPU seconds per named phase."""
 
 from __future__ import annotations
 
@@ -22,16 +22,19 @@ class PhaseTimer:
         self.elapsed_before = float(elapsed_before)
         self._start = time.perf_counter()
         self._current: tuple[str, float] | None = None
+        self.cpu_seconds: dict[str, float] = {}
+        self._cpu_start = time.process_time()
 
     @contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         self._current = (phase, start)
         try:
             yield
         finally:
             self._current = None
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+            self.cpu_seconds[phase] = self.cpu_seconds.get(phase, 0.0) + time.process_time() - cpu_start
 
     def as_dict(self) -> dict[str, float]:
         seconds = dict(self.seconds)
@@ -40,3 +43,10 @@ class PhaseTimer:
             seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - start
         total = self.elapsed_before + time.perf_counter() - self._start
         return {**{k: round(v, 3) for k, v in seconds.items()}, "total": round(total, 3)}
+
+    def cpu_dict(self) -> dict[str, float]:
+        """CPU seconds (user + system, every thread of this process) per finished phase, and the
+        process's CPU seconds since the timer was built ("total"). On a shared machine these
+        compare across runs where wall seconds do not."""
+        total = time.process_time() - self._cpu_start
+        return {**{k: round(v, 3) for k, v in self.cpu_seconds.items()}, "total": round(total, 3)}
