@@ -25,11 +25,12 @@ round independent of K, within 1 %) and writes ``scaling.json`` and ``scaling.pn
 into ``--out``.
 
     python benchmarks/site_scaling.py [--sites 3,10,30,100] [--records 4000] [--preset tiny] [--set k=v ...]
-    python benchmarks/site_scaling.py --eicu ../shared/data/eicu_demo [--min-site-records 10]
+    python benchmarks/site_scaling.py --eicu ../shared/data/eicu_demo [--min-site-records 10] [--small-sites pool]
 
 ``--eicu`` runs the eICU demo's YAIB extract with hospitals (not regions) as sites, the natural
-many-small-sites case: hospitals with fewer than ``--min-site-records`` records are dropped
-(``data.min-site-records``; the loader warns and names them), the others are the sites.
+many-small-sites case: hospitals with fewer than ``--min-site-records`` records
+(``data.min-site-records``) are dropped or pooled into one site "other" (``--small-sites``,
+``data.small-sites``; the loader warns and names them), the others are the sites.
 """
 
 from __future__ import annotations
@@ -286,18 +287,22 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", default="runs/site_scaling")
     parser.add_argument("--eicu", metavar="PATH", help="instead: the eICU YAIB extract in PATH with hospitals as "
-                        "sites; hospitals below --min-site-records are dropped (the loader warns and names them)")
+                        "sites; hospitals below --min-site-records are dropped or pooled (--small-sites)")
     parser.add_argument("--min-site-records", type=int, default=10)
+    parser.add_argument("--small-sites", choices=("drop", "pool"), default="drop",
+                        help="hospitals below --min-site-records: drop them, or pool them into one site 'other'")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: run one K, print JSON
     args = parser.parse_args()
     sets = dict(s.split("=", 1) for s in args.set)
     if args.eicu:
         sets.update({"data.source": "eicu_yaib", "data.path": str(Path(args.eicu).resolve()),
-                     "data.site-by": "hospital", "data.min-site-records": str(args.min_site_records)})
+                     "data.site-by": "hospital", "data.min-site-records": str(args.min_site_records),
+                     "data.small-sites": args.small_sites})
         with tempfile.TemporaryDirectory() as tmp:
             r = run_one(0, 0, args.preset, sets, Path(tmp))
         lo, hi = r["records_per_site"]
-        print(f"eICU demo, hospitals as sites (>= {args.min_site_records} records; smaller ones dropped): "
+        fate = "dropped" if args.small_sites == "drop" else "pooled into site 'other'"
+        print(f"eICU demo, hospitals as sites (>= {args.min_site_records} records; smaller ones {fate}): "
               f"{r['sites']} sites, {r['records']} records, {lo}-{hi} per site")
         print(f"wall {r['wall_s']:.1f} s, critical path {r['critical_path_s']:.1f} s, server peak RSS "
               f"{r['server_peak_rss_mb']:.0f} MiB, one site's peak RSS increase {r['site_peak_increase_mb']:.1f} MiB")
@@ -305,7 +310,8 @@ def main() -> None:
         print("bytes per site per round (down/up): " + ", ".join(
             f"{t} {b['down']:.0f}/{b['up']:.0f}" for t, b in r["bytes_per_site_round"].items()))
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "eicu_hospitals.json").write_text(json.dumps(r, indent=2) + "\n")
+        r["small_sites"], r["min_site_records"] = args.small_sites, args.min_site_records
+        (Path(args.out) / f"eicu_hospitals_{args.small_sites}.json").write_text(json.dumps(r, indent=2) + "\n")
         return
     if args.one:
         with tempfile.TemporaryDirectory() as tmp:

@@ -61,15 +61,21 @@ def load_folder_source(data_config) -> list[SiteData]:
     """The registered load of every folder source: ``load_sites`` on ``data.path``."""
     if not data_config.path:
         raise ValueError(f"data source {data_config.source!r} needs data.path (the folder with its files)")
-    return load_sites(
+    pool = getattr(data_config, "small_sites", "drop") == "pool"
+    sites = load_sites(
         data_config.source,
         data_config.path,
         task=data_config.task,
         site_by=data_config.site_by,
-        min_site_records=data_config.min_site_records,
+        min_site_records=1 if pool else data_config.min_site_records,
         channels=parse_channels(getattr(data_config, "channels", "")),
         length=int(data_config.length) or None,
     )
+    if pool:  # data.small-sites = "pool": the sites below the minimum become one site "other"
+        from .small_sites import pool_small_sites
+
+        sites = pool_small_sites(sites, data_config.min_site_records, source=data_config.source)
+    return sites
 
 
 def load_external_for(data_config, path: str, *, key: str = "evaluation.external-path") -> list[SiteData]:

@@ -76,6 +76,7 @@ class DataConfig:
     split_fractions: tuple[float, ...] = (0.7, 0.1, 0.1, 0.1)  # train, guidance, tuning, test
     normalizer: str = "pit"
     min_site_records: int = 20
+    small_sites: str = "drop"  # sites below min_site_records: "drop" them or "pool" them into one site "other"
 
 
 @dataclass(frozen=True)

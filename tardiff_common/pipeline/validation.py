@@ -102,6 +102,7 @@ def _data(c: RunConfig) -> Iterator[Problem]:
     yield from _at_least("data.data-seed", d.data_seed, 0)
     yield from _at_least("data.split-seed", d.split_seed, 0)
     yield from _at_least("data.min-site-records", d.min_site_records, 1)
+    yield from _one_of("data.small-sites", d.small_sites, ("drop", "pool"))
     f = d.split_fractions
     if len(f) != 4 or any(not x > 0 for x in f) or abs(sum(f) - 1) > 1e-6:
         yield Problem("data.split-fractions", f"must be four numbers > 0 (train, guidance, tuning, test) summing "
