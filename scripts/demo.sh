@@ -10,10 +10,23 @@ bash scripts/setup.sh
 . .venv/bin/activate
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 START=$(date +%s)
-echo "== [1/2] centralized baseline (pooled data, same config) -> runs/$NAME/centralized"
-tardiff centralized --out "runs/$NAME/centralized" --threads 2 --quiet
+# The two halves are independent until the federated report compares with the centralized
+# baseline, so they run at the same time, one torch thread each (2 cores: the centralized run
+# on one, the simulated hospitals on the other; the federated report waits for the baseline).
+mkdir -p "runs/$NAME"
+echo "== [1/2] centralized baseline (pooled data, same config) -> runs/$NAME/centralized (log: runs/$NAME/centralized.log)"
+tardiff centralized --out "runs/$NAME/centralized" --threads 1 --quiet > "runs/$NAME/centralized.log" 2>&1 &
+CENTRAL_PID=$!
+trap 'kill "$CENTRAL_PID" 2>/dev/null || true' EXIT   # a failed federated half stops the centralized one
 echo "== [2/2] federated TarDiff: flwr run . with 3 simulated hospitals -> runs/$NAME"
-bash scripts/flwr_simulation.sh --supernodes 3 --cpus-per-client 1 --run-config "output.name=\"$NAME\""
+bash scripts/flwr_simulation.sh --supernodes 3 --cpus-per-client 1 \
+  --run-config "output.name=\"$NAME\" output.baseline-wait=1800"
+if ! wait "$CENTRAL_PID"; then
+  cat "runs/$NAME/centralized.log" >&2
+  echo "the centralized baseline failed" >&2
+  exit 1
+fi
+cat "runs/$NAME/centralized.log"
 echo
 echo "done in $(( $(date +%s) - START )) s; report: runs/$NAME/report.md"
 python - "runs/$NAME/metrics.json" <<'PY'

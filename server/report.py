@@ -15,6 +15,7 @@ distance-to-closest-record attack AUC per synthetic set, pooled over sites by te
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,11 @@ def load_baseline(run: ServerRun) -> dict | None:
     path = Path(run.config.output.baseline)
     path = path if path.is_absolute() else run.run_dir / path
     file = path / "metrics.json"
+    deadline = time.monotonic() + float(run.config.output.baseline_wait)
+    if not file.is_file() and run.config.output.baseline_wait > 0:
+        run.log(f"[report] waiting up to {run.config.output.baseline_wait:g} s for the centralized baseline at {file}")
+        while not file.is_file() and time.monotonic() < deadline:  # written atomically (whole run folder at once)
+            time.sleep(1.0)
     if not file.is_file():
         run.log(f"[report] no centralized baseline at {file}; the comparison is left out")
         return None

@@ -50,7 +50,7 @@ PROGRESS_KEY = "__progress__"  # state.npz: the progress JSON, saved with the ar
 
 # run-config keys a resumed run may change (operations, not the method); every other key must be equal
 RESUME_MAY_CHANGE = frozenset({
-    "output.resume", "output.baseline", "threads", "device",
+    "output.resume", "output.baseline", "output.baseline-wait", "threads", "device",
     "federation.num-sites", "federation.min-sites", "federation.wait-for-sites-s", "federation.round-timeout-s",
     "federation.phase-timeouts",
     "federation.on-site-failure", "federation.max-retries", "federation.retry-wait-s",

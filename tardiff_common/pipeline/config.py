@@ -200,12 +200,15 @@ class OutputConfig:
     """Where runs are written: ``<dir>/<name>`` (``name`` empty = a timestamp). ``baseline``:
     a centralized run folder (relative to the run folder) the federated report compares with.
     ``resume`` (federated runs): continue the interrupted run in ``<dir>/<name>`` from its last
-    checkpoint instead of refusing a folder that holds one (docs/DEPLOY.md, "Resume")."""
+    checkpoint instead of refusing a folder that holds one (docs/DEPLOY.md, "Resume").
+    ``baseline_wait``: seconds the federated report waits for the baseline's metrics.json to
+    appear (the main job runs both halves at once; 0 = do not wait)."""
 
     dir: str = "runs"
     name: str = ""
     baseline: str = "centralized"
     resume: bool = False
+    baseline_wait: float = 0.0
 
 
 @dataclass(frozen=True)

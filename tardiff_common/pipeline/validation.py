@@ -95,6 +95,7 @@ def _top(c: RunConfig) -> Iterator[Problem]:
 
 
 def _data(c: RunConfig) -> Iterator[Problem]:
+    yield from _at_least("output.baseline-wait", c.output.baseline_wait, 0)
     d = c.data
     yield from _at_least("data.num-hospitals", d.num_hospitals, 1)
     yield from _at_least("data.length", d.length, 0)  # 0 = the source's own length
