@@ -20,7 +20,11 @@ code's network, 22.6 M parameters) and the ``paper`` GRU classifier (the public 
 * floor               U-Net forward + 2 x (classifier forward + input-gradient backward), the
                       least any two-pass guided step can cost
 
-and prints per-step ms, per-sample ms for a ``--steps``-step sampler (per step x steps / batch),
+With ``--compile`` it adds ``unguided_compiled`` and ``floor_compiled``: the same with the U-Net
+and the classifier wrapped by ``torch.compile`` (inductor; its one-time compile cost is printed
+separately), to see whether compiling pays on this device.
+
+It prints per-step ms, per-sample ms for a ``--steps``-step sampler (per step x steps / batch),
 samples/s, ratios to unguided, to the public step and to the floor, and each gradient's
 relative error against double backprop (the public method optimizes a different, batch-coupled
 objective; its error column compares it with nothing). Random weights: cost does not depend on
@@ -60,7 +64,8 @@ from tardiff_common.models.unet1d import UNet1D, UNet1DConfig
 from tardiff_common.pipeline.config import RunConfig
 from tardiff_common.pipeline.phases import resolve_device
 
-VARIANTS = ("unguided", "public", "double_backprop", "jvp", "central_difference", "cd_vmap", "floor")
+VARIANTS = ("unguided", "public", "double_backprop", "jvp", "central_difference", "cd_vmap", "floor",
+            "unguided_compiled", "floor_compiled")
 STEP_INDEX = 10  # a middle step of the sampler (cost does not depend on it)
 PUBLIC_SCALE = 1e-5  # the public code's alpha
 
@@ -174,6 +179,32 @@ def build_variants(unet, clf, sampler, x, y, g, device, guidances, fd_eps) -> di
     return fns
 
 
+def compiled_variants(unet, clf, sampler, x, y, device) -> tuple[dict[str, Callable[[], torch.Tensor]], float]:
+    """``unguided`` and ``floor`` with ``torch.compile``d U-Net and classifier, and the seconds
+    their first calls (compilation) took."""
+    cunet, cclf = torch.compile(unet, dynamic=False), torch.compile(clf, dynamic=False)
+    noise = torch.randn_like(x)
+    t = torch.full((x.shape[0],), sampler.timesteps[STEP_INDEX], device=device, dtype=torch.long)
+
+    def unguided_compiled():
+        with torch.no_grad():
+            m = sampler.moments(cunet(x, t, y), STEP_INDEX, x)
+        return m.mean + m.std * noise
+
+    def floor_compiled():
+        with torch.no_grad():
+            cunet(x, t, y)
+        for _ in range(2):
+            xi = x.detach().requires_grad_(True)
+            torch.autograd.grad(per_example_loss(cclf(xi), y).sum(), xi)
+
+    start = time.perf_counter()
+    unguided_compiled()
+    floor_compiled()
+    _sync(device)
+    return {"unguided_compiled": unguided_compiled, "floor_compiled": floor_compiled}, time.perf_counter() - start
+
+
 def interleaved(fns: dict[str, Callable], repeats: int, device: torch.device) -> dict[str, list[float]]:
     """Wall seconds of each fn per repetition; every repetition runs all fns, order rotated."""
     for fn in fns.values():  # warm-up (and the central difference's one-time step choice)
@@ -227,11 +258,15 @@ def bench(channels: int, length: int, batch: int, args, device: torch.device) ->
     choice = guidances["central_difference"].fd_choice
     fd_eps = choice.eps
     fns = build_variants(unet, clf, sampler, x, y, g, device, guidances, fd_eps)
+    compile_s = None
+    if args.compile:
+        compiled, compile_s = compiled_variants(unet, clf, sampler, x, y, device)
+        fns.update(compiled)
     selected = {n: f for n, f in fns.items() if n in args.variants}
     times = interleaved(selected, args.repeats, device)
     return {"shape": f"{channels}x{length}", "batch": batch, "times": times, "fd_note": choice.message,
             "errors": accuracy(clf, unet, sampler, x, y, g, device, fd_eps),
-            "unet_params": sum(p.numel() for p in unet.parameters()), "clf_params": n_params}
+            "unet_params": sum(p.numel() for p in unet.parameters()), "clf_params": n_params, "compile_s": compile_s}
 
 
 def report(res: dict, steps: int) -> None:
@@ -242,6 +277,8 @@ def report(res: dict, steps: int) -> None:
           f"{res['clf_params'] / 1e6:.2f} M parameters; medians of {len(next(iter(res['times'].values())))} "
           f"interleaved repetitions) ==")
     print(f"   {res['fd_note']}")
+    if res.get("compile_s") is not None:
+        print(f"   torch.compile: first calls (compilation) took {res['compile_s']:.1f} s wall")
     print(f"{'variant':20s} {'ms/step':>9s} {'ms/sample':>10s} {'samples/s':>10s} {'x unguided':>10s} "
           f"{'public/this':>11s} {'x floor':>8s} {'rel.err':>8s}")
     for n in VARIANTS:
@@ -273,6 +310,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--small", action="store_true", help="the default preset's U-Net and classifier (CNN)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd unguided step and floor")
     args = parser.parse_args()
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(args.variants) - set(VARIANTS))
