@@ -19,6 +19,7 @@ the site's epsilon as metrics ("privacy/..."). Training replies are packed like 
 from __future__ import annotations
 
 import functools
+import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,6 +51,10 @@ from tardiff_common.report.run_folder import write_npz_atomic
 from tardiff_common.serialization import load_module_numpy, module_to_numpy, normalizer_from_numpy
 
 from .site import Site, load_site, load_site_external
+
+# Flower's logger has its own console handler; Opacus' import calls logging.basicConfig, which gives
+# the root logger a second one, so every Flower line would be printed twice.
+logging.getLogger("flwr").propagate = False
 
 # torch.func's forward-mode decompositions still use torch.jit.script internally
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=DeprecationWarning)
