@@ -134,7 +134,9 @@ class ServerRun:
                     return nodes
                 raise TooFewSitesError(
                     f"only {len(nodes)} site(s) connected within {fed.wait_for_sites_s:.0f} s; "
-                    f"federation.num-sites = {fed.num_sites}, federation.min-sites = {fed.min_sites}"
+                    f"federation.num-sites = {fed.num_sites}, federation.min-sites = {fed.min_sites} "
+                    f"(a local simulation has one SuperNode per site only with `flwr federation simulation-config "
+                    f"--num-supernodes {wanted}` or `flwr run . --federation-config num-supernodes={wanted}`)"
                 )
             time.sleep(0.5)
 

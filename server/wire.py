@@ -10,7 +10,8 @@ The server knows what each message type's reply must hold (``tardiff_common.prot
   wrote beside it. Any other record, name, dtype or shape is refused ([n·C·L], [n, C·L],
   [2n, C, L] alike).
 * **metrics**: a metric list is allowed only under a declared name pattern with its declared
-  length (``ListRule``); scalars only under the declared name patterns (``privacy/*`` is
+  length (``ListRule``); scalars only under the declared names or patterns (matched segment by
+  segment: a generation reply may hold exactly ``generation_scalars``' names; ``privacy/*`` is
   always allowed: the DP ledger's summary) and at most ``max_scalars`` of them.
 * **config**: only the ``site`` record, with its declared entries, short strings and no bytes.
 
@@ -35,9 +36,14 @@ __all__ = ["ArraySpec", "ListRule", "ReplySchema", "reply_schema", "schema_probl
 
 MAX_CONFIG_TEXT = 256  # characters: the longest string a site record entry may hold (a site or channel name)
 HISTOGRAM_BINS = 4096  # phase 0b's bins per channel (``normalize.histogram_edges_from_moments``' default)
-SUMMARY_SCALARS = 16  # at most this many scalars in one score summary (mean and CI per metric, runs, ...)
 REPORTED_SETS = ("real", "unguided", "unguided_2", "tardiff")  # the training sets phase 4 scores
 PRIVACY_METRICS = "privacy/*"  # the DP ledger summary a site may add to any reply (scalars)
+
+# the scalar metrics of a generation reply (``pipeline.evaluation.evaluate_site``, flattened)
+SCORES = ("auroc", "auprc", "minority_f1")  # metrics.classification.binary_scores
+FIDELITY_KEYS = ("context_fid", "discriminative", "discriminative_accuracy", "predictive_mae")
+MEMBERSHIP_KEYS = ("mia_auc", "mia_auprc", "mia_f1", "mia_accuracy", "mia_threshold", "dcr_members_median",
+                   "dcr_members_p5", "dcr_nonmembers_median", "dcr_nonmembers_p5", "dcr_ratio")
 
 
 @dataclass(frozen=True)
@@ -102,12 +108,39 @@ def reply_schema(message_type: str, *, channels: int | None, config=None,
                            max_scalars=2 * max(tuning_rows, 1))
     if message_type == P.GENERATE:
         seeds = len(config.evaluation.seeds)
-        # a site's own external cohort (node config external-path) and its gradient-boosting rows add
-        # "external/{cohort,tstr,tsrtr,gbm}/..." and "baselines/gbm/site/..." summaries
-        summaries = len(REPORTED_SETS) * (1 + len(config.evaluation.tsrtr_ratios)) + 2
-        return ReplySchema(message_type, scalars=("*",), max_scalars=1024 + SUMMARY_SCALARS * summaries + 2,
+        names = generation_scalars(config)
+        return ReplySchema(message_type, scalars=names, max_scalars=len(names),
                            lists=(ListRule("*/values/*", seeds), ListRule("*histograms", seeds * 2 * SCORE_BINS)))
     return None
+
+
+def generation_scalars(config) -> tuple[str, ...]:
+    """Every scalar name a generation reply may hold (``evaluate_site``'s metrics, flattened):
+    per evaluated set its TSTR / TSRTR summaries (mean, 95 % CI, number of runs) for each TSRTR
+    ratio of the config, fidelity and membership scores, the mean influence; the global
+    classifier's scores; the test and synthetic record counts; the gradient-boosting summary on the
+    site's test split; and, for a site with an external cohort (node config ``external-path``), its
+    counts and the same summaries on it. Nothing else."""
+    ratios = [f"{r:g}" for r in config.evaluation.tsrtr_ratios]
+
+    def summary(prefix: str) -> list[str]:  # metrics.summary.summarize_runs' scalars
+        return [*(f"{prefix}/{m}" for m in SCORES), *(f"{prefix}/ci95/{m}" for m in SCORES), f"{prefix}/runs"]
+
+    names = ["test_size", "synthetic-records", "influence/real_train", *(f"global_classifier/{m}" for m in SCORES),
+             *summary("baselines/gbm/site"), "external/cohort/records", "external/cohort/positives",
+             *summary("external/gbm")]
+    for s in REPORTED_SETS:
+        for prefix in (f"tstr/{s}", *(f"tsrtr/{s}/{r}" for r in ratios)):
+            names += summary(prefix) + summary(f"external/{prefix}")
+        names += [f"influence/{s}", *(f"fidelity/{s}/{k}" for k in (*FIDELITY_KEYS, *MEMBERSHIP_KEYS)),
+                  *(f"membership/{s}/{k}" for k in MEMBERSHIP_KEYS)]
+    return tuple(names)
+
+
+def _scalar_allowed(name: str, pattern: str) -> bool:
+    """``pattern`` matched segment by segment ("/"): a "*" never spans a "/"."""
+    parts, want = name.split("/"), pattern.split("/")
+    return len(parts) == len(want) and all(fnmatchcase(a, b) for a, b in zip(parts, want))
 
 
 def _parameter_spec(name: str, shape: tuple[int, ...]) -> ArraySpec:
@@ -152,7 +185,7 @@ def schema_problems(schema: ReplySchema, reply: Message) -> list[str]:
                 problems.append(f"metric {name!r} is a list of {len(value)} values, expected {want}")
         else:
             scalars += 1
-            if not any(fnmatchcase(name, p) for p in (*schema.scalars, PRIVACY_METRICS)):
+            if not (any(_scalar_allowed(name, p) for p in schema.scalars) or fnmatchcase(name, PRIVACY_METRICS)):
                 problems.append(f"metric {name!r} is not expected")
     if scalars > schema.max_scalars:
         problems.append(f"{scalars} scalar metrics, at most {schema.max_scalars} expected")

@@ -57,3 +57,22 @@ def test_components_point_at_the_apps():
         tool = tomllib.load(fh)["tool"]
     assert tool["flwr"]["app"]["components"] == {"serverapp": "server.app:app", "clientapp": "client.app:app"}
     assert "federations" not in tool["flwr"]
+
+
+def test_flower_runtime_installation_installs_none_of_the_dependencies():
+    """`flwr run .` lets Flower `uv sync` this pyproject into a fresh per-run environment; every
+    dependency (extras included) must be excluded there, so the app runs on the environment that
+    holds the project (a new dependency not listed in [tool.uv] exclude-dependencies fails here)."""
+    import re
+
+    with open(REPO_ROOT / "pyproject.toml", "rb") as fh:
+        project = tomllib.load(fh)
+    deps = list(project["project"]["dependencies"])
+    for extra in project["project"].get("optional-dependencies", {}).values():
+        deps += extra
+
+    def name(req: str) -> str:
+        return re.split(r"[\s\[<>=!~;@]", req, maxsplit=1)[0].lower().replace("_", "-")
+
+    excluded = {name(d) for d in project["tool"]["uv"]["exclude-dependencies"]}
+    assert {name(d) for d in deps} <= excluded

@@ -133,3 +133,20 @@ def test_a_stats_reply_is_checked_against_the_channels_it_declares():
     with pytest.raises(RecordShapedReplyError, match=r"moments/total is float64 \(258,\), expected float64 \(3,\)"):
         MessageAudit().check("normalization", 0, reply(P.STATS, {P.MOMENTS: P.to_array_record(moments),
                                                                  P.METRICS: metrics, P.SITE: site}), schema)
+
+
+@pytest.mark.parametrize("name", ["leak", "tstr/tardiff/record_17", "tstr/tardiff/auroc/extra",
+                                  "fidelity/tardiff/x", "tsrtr/tardiff/0.5/auroc", "membership/other/mia_auc"])
+def test_a_generation_reply_holds_only_the_declared_scalar_names(name):
+    """Declared names pass (one per evaluated set, score, TSRTR ratio of the config ...); any other
+    scalar name is refused, also one under a declared prefix (the tiny config has ratio 1 only)."""
+    schema = reply_schema(P.GENERATE, channels=C, config=CONFIG)
+    audit = MessageAudit()
+    audit.register_site(7, "hospital_a", [60, 9, 8, 9, N], channels=C, length=L)
+    declared = {"tstr/tardiff/auroc": 0.5, "tsrtr/unguided/1/ci95/auprc": 0.1, "tstr/real/runs": 1,
+                "fidelity/unguided_2/context_fid": 1.0, "membership/tardiff/dcr_ratio": 1.0,
+                "influence/real_train": 0.0, "global_classifier/minority_f1": 0.2, "synthetic-records": 10,
+                "test_size": 9, "privacy/influence/clipped_fraction": 0.0}
+    audit.check("generation", 0, reply(P.GENERATE, {P.METRICS: MetricRecord(declared)}), schema)
+    with pytest.raises(RecordShapedReplyError, match=f"metric '{name}' is not expected"):
+        audit.check("generation", 0, reply(P.GENERATE, {P.METRICS: MetricRecord({**declared, name: 0.5})}), schema)
