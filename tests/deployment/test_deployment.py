@@ -41,7 +41,7 @@ def _participants(metrics: dict, phase: str) -> list[list[str]]:
     return metrics["participation"].get(phase, [])
 
 
-def _wait_online(d, n: int, timeout: float = 60) -> list[dict]:
+def _wait_online(d, n: int, timeout: float = 180) -> list[dict]:
     return wait_until(lambda: (nodes := d.online_nodes()) and len(nodes) >= n and nodes, timeout,
                       f"{n} SuperNodes online")
 
@@ -79,7 +79,7 @@ def _check_outputs(d, name: str) -> dict:
 
 
 def test_secure_run_survives_a_supernode_crash(deployment, keys, time_limit):
-    time_limit(330)  # typically ~180 s
+    time_limit(1200)  # ~180 s on 2 idle cores, ~10 min on a loaded machine: a hang guard, not a timing
     d = deployment(secure=True, keys=keys)
     node_ids = _secure_federation(d, keys)
     # Training rounds wait 150 s: longer than Flower's heartbeat patience, so the killed node is
@@ -91,7 +91,7 @@ def test_secure_run_survives_a_supernode_crash(deployment, keys, time_limit):
     run_id = d.run_id(run)
 
     victim = d.supernodes["hospital_b"]
-    wait_until(lambda: "Receiving: train.diffusion" in victim.text(), 200,
+    wait_until(lambda: "Receiving: train.diffusion" in victim.text(), 600,
                "hospital_b to receive its diffusion round", every=0.1)
     below = victim.kill(signal.SIGKILL)  # the SuperNode, its SuperExec and the running ClientApp
     victim.popen.wait(timeout=10)
@@ -103,7 +103,8 @@ def test_secure_run_survives_a_supernode_crash(deployment, keys, time_limit):
     attempts, refused = 0, 0
     restarted = None
     while restarted is None:
-        assert time.monotonic() - killed_at < 100, "hospital_b could not rejoin within 100 s"
+        # Flower frees the key once the dead node's heartbeat expired (<= 60 s); the rest is restarts
+        assert time.monotonic() - killed_at < 240, "hospital_b could not rejoin within 240 s"
         attempts += 1
         proc = d.start_supernode("hospital_b", tag=f"-restart{attempts}")
         outcome = wait_until(lambda p=proc: ("up" if "SuperNode ID:" in p.text() else None)
@@ -118,7 +119,7 @@ def test_secure_run_survives_a_supernode_crash(deployment, keys, time_limit):
     # with SuperNode authentication the node keeps its identity across the restart
     assert int(re.search(r"SuperNode ID: (\d+)", restarted.text()).group(1)) == node_ids["hospital_b"]
 
-    wait_until(lambda: not run.running(), 240, "the run to finish after the dropout")
+    wait_until(lambda: not run.running(), 720, "the run to finish after the dropout")
     assert d.run_status(run_id) == "finished:completed", run.text()[-3000:]
     metrics = _check_outputs(d, "dropout")
     part = metrics["participation"]
@@ -144,12 +145,12 @@ def test_secure_run_survives_a_supernode_crash(deployment, keys, time_limit):
 
 @full_only
 def test_secure_clean_run_and_unregistered_supernode_is_refused(deployment, keys, time_limit):
-    time_limit(300)
+    time_limit(900)
     d = deployment(secure=True, keys=keys)
     _secure_federation(d, keys)
     run = d.start_run(TINY + " federation.num-sites=3", "secure")
     run_id = d.run_id(run)
-    wait_until(lambda: not run.running(), 220, "the secure run to finish")
+    wait_until(lambda: not run.running(), 600, "the secure run to finish")
     assert d.run_status(run_id) == "finished:completed", run.text()[-3000:]
     metrics = _check_outputs(d, "secure")
     assert sorted(metrics["sites"]) == sorted(SITES)
@@ -158,7 +159,7 @@ def test_secure_clean_run_and_unregistered_supernode_is_refused(deployment, keys
 
 
 def test_superlink_killed_and_restarted_loses_the_run_then_resumes_it(deployment, time_limit):
-    time_limit(450)
+    time_limit(1200)  # ~4 min on 2 idle cores
     d = deployment(secure=False)
     d.start_superlink()
     for site in SITES:
@@ -168,7 +169,7 @@ def test_superlink_killed_and_restarted_loses_the_run_then_resumes_it(deployment
     run_id = d.run_id(run)
     folder = d.runs_dir / "lost"
     # insecure development mode exchanged messages: normalization finished
-    wait_until(lambda: (folder / "checkpoint" / "progress.json").exists(), 120, "phase 0 to finish")
+    wait_until(lambda: (folder / "checkpoint" / "progress.json").exists(), 300, "phase 0 to finish")
 
     below = d.superlink.kill(signal.SIGKILL)  # SuperLink only; its SuperExec and ServerApp notice
     d.superlink.popen.wait(timeout=10)
@@ -198,7 +199,7 @@ def test_superlink_killed_and_restarted_loses_the_run_then_resumes_it(deployment
     _wait_online(d, 3)
     again = d.start_run(TINY + " federation.num-sites=3 output.resume=true", "lost")
     again_id = d.run_id(again)
-    wait_until(lambda: not again.running(), 200, "the resumed run to finish")
+    wait_until(lambda: not again.running(), 600, "the resumed run to finish")
     assert d.run_status(again_id) == "finished:completed", again.text()[-3000:]
     metrics = json.loads((folder / "metrics.json").read_text())
     assert len(metrics["resumes"]) == 1 and "normalization" in metrics["resumes"][0]["completed"], metrics["resumes"]
