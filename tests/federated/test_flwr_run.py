@@ -1,7 +1,8 @@
 """One real `flwr run .` simulation (SuperLink + Ray, 3 SuperNodes) on a tiny config.
 
-It goes through scripts/flwr_simulation.sh, which starts its own SuperLink in a throwaway
-FLWR_HOME and stops it on exit; the test then checks that nothing it started is still alive.
+The first goes through scripts/flwr_simulation.sh, which starts its own SuperLink in a throwaway
+FLWR_HOME and stops it on exit; the test then checks that nothing it started is still alive. The
+second types `flwr run .` as a Flower user would (see its docstring).
 """
 
 from __future__ import annotations
@@ -27,15 +28,11 @@ TINY = (
 )
 
 
-def _flower_processes() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "flower-superlink|flower-superexec|flwr-simulation"],
-                         capture_output=True, text=True)
-    return {int(p) for p in out.stdout.split()}
-
-
 def test_flwr_run_simulation_completes(tmp_path):
-    before = _flower_processes()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    # the script makes its FLWR_HOME under TMPDIR: every process it starts carries that path in its
+    # environment, so this test looks at its own processes only (not other Flower runs on the machine)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "TMPDIR": str(tmp_path)}
+    marker = f"FLWR_HOME={tmp_path}/flwr_home."
     overrides = f'{TINY} output.dir="{tmp_path}" output.name="smoke"'
     start = time.time()
     proc = subprocess.run(
@@ -48,9 +45,11 @@ def test_flwr_run_simulation_completes(tmp_path):
     assert metrics["federated"] is True and len(metrics["sites"]) == 3
     assert time.time() - start < 600
     deadline = time.time() + 20  # processes exit asynchronously after the script's stop
-    while not _flower_processes() <= before and time.time() < deadline:
+    while _processes_with(marker) and time.time() < deadline:
         time.sleep(0.5)
-    assert _flower_processes() <= before, "the simulation left Flower processes running"
+    left = _processes_with(marker)
+    _stop_all(marker)
+    assert not left, "the simulation left Flower processes running"
 
 
 # ----------------------------------------------------------------------------- plain `flwr run .`
