@@ -316,13 +316,13 @@ def train_diffusion(msg: Message, context: Context) -> Message:
 # ----------------------------------------------------------------------------- phase 4
 
 
-def _generator_models(site: Site, msg: Message, in_channels: int):
-    """The EMA U-Net, theta* and g the server broadcast for phase 4."""
+def _generator_models(site: Site, msg: Message, in_channels: int) -> phases.SamplingModels:
+    """The EMA U-Net, theta* and g the server broadcast for phases 3b and 4."""
     unet = phases.new_unet(site.config, in_channels, site.device)
     load_module_numpy(unet, P.from_array_record(msg.content[P.ARRAYS]), what="U-Net EMA")
     classifier = _classifier(site, P.from_array_record(msg.content[P.CLASSIFIER]))
     direction = torch.as_tensor(P.direction_from_record(msg.content[P.DIRECTION]))
-    return unet, classifier, direction
+    return phases.SamplingModels(unet, classifier, direction)
 
 
 @app.query("tune")
@@ -331,8 +331,8 @@ def tune(msg: Message, context: Context) -> Message:
     candidate only), and return the counts of their predicted scores on the tuning split by label."""
     site = load_site(context)
     data = _normalized(site, msg)
-    unet, classifier, direction = _generator_models(site, msg, data.in_channels)
-    scores = score_candidates_at_site(unet, classifier, direction, data, site.config, site_index=site.index)
+    models = _generator_models(site, msg, data.in_channels)
+    scores = score_candidates_at_site(models, data, site.config, site_index=site.index)
     return _reply(msg, **{P.METRICS: P.encode_candidate_scores(scores), P.SITE: _site_record(site)})
 
 
@@ -355,9 +355,8 @@ def generate(msg: Message, context: Context) -> Message:
     site = replace(site, config=resolve_guidance(site.config, chosen))
     data = _normalized(site, msg)
     normalizer = normalizer_from_numpy(P.from_array_record(msg.content[P.NORMALIZER]))
-    unet, classifier, direction = _generator_models(site, msg, data.in_channels)
-    synthetic, influence_means = phases.generate_synthetic_sets(unet, classifier, direction, data, site.config,
-                                                                site_index=site.index)
+    models = _generator_models(site, msg, data.in_channels)
+    synthetic, influence_means = phases.generate_synthetic_sets(models, data, site.config, site_index=site.index)
     write_npz_atomic(
         site.output_dir(str(config["run-name"])) / "synthetic.npz",
         **{f"{name}_x": normalizer.inverse_transform(x) for name, (x, _) in synthetic.items()},
@@ -368,8 +367,8 @@ def generate(msg: Message, context: Context) -> Message:
     if external is not None:  # the site's medians and the global normalizer: training statistics only
         external, external_x = transform_external(external, site.splits.train, normalizer)
         other_tests = {EXTERNAL: (external_x, external.y)}
-    metrics = evaluate_site(classifier, synthetic, data, site.config, site_index=site.index, influence=influence_means,
-                            other_tests=other_tests)
+    metrics = evaluate_site(models.classifier, synthetic, data, site.config, site_index=site.index,
+                            influence=influence_means, other_tests=other_tests)
     gbm = _gbm_rows(site, external)
     metrics["baselines"] = {"gbm": {"site": gbm["site"]}} if gbm else {}
     if external is not None:

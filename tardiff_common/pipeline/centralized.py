@@ -46,6 +46,7 @@ from .external import EXTERNAL, external_section, load_external, transform_exter
 from .fit import train_models
 from .phases import (
     NormalizedSplits,
+    SamplingModels,
     generate_synthetic_sets,
     local_histogram,
     local_moments,
@@ -158,16 +159,16 @@ def run_centralized(
     trained = train_models(config, data, normalizer, device=device, ledger=ledger, progress=progress, log=log,
                            timer=timer)
     classifier, direction = trained.classifier, trained.direction
+    models = SamplingModels(trained.generator, classifier, direction)
 
     requested = config
     with timer("selection"):
-        selection = select_guidance(trained.generator, classifier, direction, [data], config, progress=progress)
+        selection = select_guidance(models, [data], config, progress=progress)
         config = resolve_guidance(config, selection["chosen"])
     log(f"[selection] {selection['summary']}")
 
     with timer("generation"):
-        synthetic, influence = generate_synthetic_sets(trained.generator, classifier, direction, data, config,
-                                                       site_index=0, progress=progress)
+        synthetic, influence = generate_synthetic_sets(models, data, config, site_index=0, progress=progress)
     log(f"[generation] {len(synthetic['tardiff'][1])} records per set; mean influence " +
         ", ".join(f"{k} {v:.4g}" for k, v in influence.items()))
 

@@ -72,6 +72,8 @@ __all__ = [
     "influence_of",
     "mean_influence",
     "SYNTHETIC_SETS",
+    "SamplingModels",
+    "generate_synthetic_sets",
 ]
 
 @dataclass(frozen=True)
@@ -310,16 +312,18 @@ def positive_fraction(config: RunConfig, train_y: np.ndarray) -> float:
 SYNTHETIC_SETS = ("unguided", "unguided_2", "tardiff")
 
 
-def generate_synthetic_sets(
-    unet: UNet1D,
-    classifier: nn.Module,
-    direction: torch.Tensor,
-    data: NormalizedSplits,
-    config: RunConfig,
-    *,
-    site_index: int,
-    progress: bool = False,
-) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, float]]:
+@dataclass(frozen=True)
+class SamplingModels:
+    """What phases 3b and 4 sample and score with: the (EMA) U-Net eps_phi, the classifier
+    theta* and the influence direction g = G / ||G|| ([P] float32)."""
+
+    unet: UNet1D
+    classifier: nn.Module
+    direction: torch.Tensor
+
+
+def generate_synthetic_sets(models: SamplingModels, data: NormalizedSplits, config: RunConfig, *, site_index: int,
+                            progress: bool = False) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, float]]:
     """Phase 4a: ``generation.ratio`` x the training size records in each of
 
     * "unguided"   — plain conditional sampling;
@@ -331,6 +335,7 @@ def generate_synthetic_sets(
     and the mean influence of each, and of the real training split."""
     if config.guidance.auto:
         raise ValueError("guidance.scale = 'auto' must be resolved (pipeline.selection) before generation")
+    unet, classifier, direction = models.unet, models.classifier, models.direction
     common = dict(
         num_samples=max(2, int(round(config.generation.ratio * len(data.train_y)))),
         positive_fraction=positive_fraction(config, data.train_y),

@@ -30,18 +30,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-import torch
-from torch import nn
 
 from ..influence.guidance import Candidate
 from ..metrics.context_fid import context_fid
 from ..metrics.histogram_auc import SCORE_BINS, score_histogram
 from ..metrics.pooling import pooled_summary
 from ..metrics.utility import fit_evaluation_classifier
-from ..models.unet1d import UNet1D
 from ..training.classifier import predict_proba
 from .config import RunConfig
-from .phases import NormalizedSplits, influence_of, positive_fraction, synthesize
+from .phases import NormalizedSplits, SamplingModels, influence_of, positive_fraction, synthesize
 
 __all__ = [
     "TUNING_DRAW",
@@ -62,19 +59,12 @@ NULL_LABEL = "null (2nd unguided draw)"
 SELECT_MODES = ("tsrtr", "tstr")
 
 
-def score_candidates_at_site(
-    unet: UNet1D,
-    classifier: nn.Module,
-    direction: torch.Tensor,
-    data: NormalizedSplits,
-    config: RunConfig,
-    *,
-    site_index: int,
-    progress: bool = False,
-) -> dict[str, dict]:
+def score_candidates_at_site(models: SamplingModels, data: NormalizedSplits, config: RunConfig, *, site_index: int,
+                             progress: bool = False) -> dict[str, dict]:
     """{candidate label: {"form", "scale", "influence", "context_fid", "tsrtr": [[2, bins] per seed], "tstr": ...}}
     for this site's tuning split (metrics only: counts of predicted scores by label)."""
     g = config.guidance
+    unet, classifier, direction = models.unet, models.classifier, models.direction
     num = max(2, int(round(g.tuning_ratio * len(data.train_y))))
     device = str(next(classifier.parameters()).device)
     real = (data.train_x, data.train_y)
@@ -168,21 +158,14 @@ def resolve_guidance(config: RunConfig, candidate: Candidate) -> RunConfig:
     return replace(config, guidance=config.guidance.with_candidate(candidate))
 
 
-def select_guidance(
-    unet: UNet1D,
-    classifier: nn.Module,
-    direction: torch.Tensor,
-    sites: list[NormalizedSplits],
-    config: RunConfig,
-    *,
-    progress: bool = False,
-) -> dict:
+def select_guidance(models: SamplingModels, sites: list[NormalizedSplits], config: RunConfig, *,
+                    progress: bool = False) -> dict:
     """The guidance setting to generate with: ``config.guidance`` itself when its scale is a
     number ("fixed"), else the candidate chosen on the pooled tuning splits of ``sites`` ("auto").
     Returns {"mode", "chosen": Candidate, "select_on", "table": pooled scores, "summary": text}."""
     if not config.guidance.auto:
         return fixed_selection(config)
-    scores = [score_candidates_at_site(unet, classifier, direction, data, config, site_index=i, progress=progress)
+    scores = [score_candidates_at_site(models, data, config, site_index=i, progress=progress)
               for i, data in enumerate(sites)]
     return selection_from_scores(scores, config)
 

@@ -16,6 +16,7 @@ from tardiff_common.metrics.histogram_auc import SCORE_BINS, score_histogram
 from tardiff_common.pipeline.centralized import pooled_data
 from tardiff_common.pipeline.config import preset
 from tardiff_common.pipeline.phases import (
+    SamplingModels,
     classifier_round,
     diffusion_round,
     guidance_sum,
@@ -121,7 +122,7 @@ def test_selection_never_reads_the_test_split(trained):
     config, data, classifier, direction, unet = trained
     poisoned = dataclasses.replace(data, test_x=np.zeros((3, 3, 16)).view(_Poison),
                                    test_y=np.zeros(3, dtype=np.int64).view(_Poison))
-    selection = select_guidance(unet, classifier, direction, [poisoned], config)
+    selection = select_guidance(SamplingModels(unet, classifier, direction), [poisoned], config)
     assert selection["mode"] == "auto"
     assert set(selection["table"]) == {"unguided", "paper:10", "x0:0.1", NULL_LABEL}
     with pytest.raises(AssertionError, match="test split"):
@@ -130,7 +131,7 @@ def test_selection_never_reads_the_test_split(trained):
 
 def test_site_scores_are_counts_of_the_tuning_split(trained):
     config, data, classifier, direction, unet = trained
-    scores = score_candidates_at_site(unet, classifier, direction, data, config, site_index=0)
+    scores = score_candidates_at_site(SamplingModels(unet, classifier, direction), data, config, site_index=0)
     for row in scores.values():
         for mode in ("tsrtr", "tstr"):
             counts = np.asarray(row[mode])
@@ -144,7 +145,7 @@ def test_useless_guidance_is_not_chosen(trained):
     select s = 0, and a random direction must not be chosen on noise alone."""
     config, data, classifier, direction, unet = trained
     config = config.with_overrides({"guidance.candidates": "paper:30,normalized:0.5,x0:0.2"})
-    zero = select_guidance(unet, classifier, torch.zeros_like(direction), [data], config)
+    zero = select_guidance(SamplingModels(unet, classifier, torch.zeros_like(direction)), [data], config)
     table = zero["table"]
     assert {table[k]["tsrtr_auprc"] for k in ("unguided", "paper:30", "normalized:0.5", "x0:0.2")} == \
         {table["unguided"]["tsrtr_auprc"]}  # identical sets, identical scores
