@@ -29,10 +29,10 @@ TINY = (
 
 
 def test_flwr_run_simulation_completes(tmp_path):
-    # the script makes its FLWR_HOME under TMPDIR: every process it starts carries that path in its
-    # environment, so this test looks at its own processes only (not other Flower runs on the machine)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "TMPDIR": str(tmp_path)}
-    marker = f"FLWR_HOME={tmp_path}/flwr_home."
+    # every process the script starts inherits this variable, so the test looks at its own processes
+    # only (not at other Flower runs on the machine)
+    marker = f"TARDIFF_TEST_RUN={tmp_path}"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "TARDIFF_TEST_RUN": str(tmp_path)}
     overrides = f'{TINY} output.dir="{tmp_path}" output.name="smoke"'
     start = time.time()
     proc = subprocess.run(
