@@ -63,7 +63,8 @@ __all__ = [
 
 RESULT_KEYS = frozenset({
     "federated", "tstr", "tsrtr", "global_classifier", "influence", "fidelity", "paired", "histogram_pooled",
-    "membership", "selection", "sites", "guidance_records", "data", "timing", "privacy", "privacy_settings",
+    "membership", "selection", "sites", "guidance_records", "data", "timing", "timing_cpu", "privacy",
+    "privacy_settings",
     "baselines",
 })
 OPTIONAL_KEYS = frozenset({"external"})

@@ -224,8 +224,10 @@ def render_report(metrics: dict, *, title: str, figures: list[str]) -> str:
             )
     lines += ["", "## Data", ""]
     lines += _sites_table(metrics.get("data", {}).get("sites", []))
-    lines += ["", "## Timing (seconds)", "", "| phase | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.1f} |" for k, v in metrics.get("timing", {}).items()]
+    cpu = metrics.get("timing_cpu", {})  # CPU seconds of this process (user + system, all its threads)
+    lines += ["", "## Timing (seconds)", "", "| phase | wall seconds | CPU seconds (this process) |", "|---|---|---|"]
+    lines += [f"| {k} | {v:.1f} | {cpu[k]:.1f} |" if k in cpu else f"| {k} | {v:.1f} | - |"
+              for k, v in metrics.get("timing", {}).items()]
     if figures:
         lines += ["", "## Figures", ""]
         lines += [f"![{f}]({f})" for f in figures]

@@ -17,7 +17,7 @@ from .conftest import run_local, tiny_flat
 pytestmark = pytest.mark.slow
 
 # sections whose inner keys name run-specific things (sites, phases, privacy rows): compared one level deep
-SHALLOW = ("data", "timing", "privacy", "privacy_settings", "sites", "baselines")
+SHALLOW = ("data", "timing", "timing_cpu", "privacy", "privacy_settings", "sites", "baselines")
 SITE_ONLY = {"privacy"}  # a hospital's own DP ledger summary, added by the ClientApp
 
 
