@@ -45,8 +45,18 @@ from tardiff_common.pipeline.evaluation import evaluate_site
 from tardiff_common.pipeline.external import EXTERNAL, site_external_result, transform_external
 from tardiff_common.pipeline.selection import resolve_guidance, score_candidates_at_site
 from tardiff_common.privacy.accounting import PrivacyBudgetExceeded, PrivacyLedger
+from tardiff_common.privacy.dp_scores import (
+    EVALUATION_RELEASE,
+    SELECTION_RELEASE,
+    ScoreRelease,
+    dp_evaluation_config,
+    release_candidate_scores,
+    release_site_metrics,
+    score_entry,
+)
 from tardiff_common.privacy.dp_statistics import dp_histogram, dp_moments, statistics_generator
 from tardiff_common.privacy.ledger_policy import SiteLedger
+from tardiff_common.privacy.randomness import dp_generator
 from tardiff_common.report.run_folder import write_npz_atomic
 from tardiff_common.serialization import load_module_numpy, module_to_numpy, normalizer_from_numpy
 
@@ -325,15 +335,33 @@ def _generator_models(site: Site, msg: Message, in_channels: int) -> phases.Samp
     return phases.SamplingModels(unet, classifier, direction)
 
 
+def _score_release(site: Site, planned, release: int) -> ScoreRelease:
+    """The noise of a phase-3b / 4 score-count release (``privacy.dp_scores``)."""
+    p = site.config.privacy
+    return ScoreRelease(planned.noise_multiplier, dp_generator(p.reproducible_noise, site.config.seed, 0, site.index,
+                                                              release))
+
+
 @app.query("tune")
+@_refusals
 def tune(msg: Message, context: Context) -> Message:
     """Sample every guidance candidate, train evaluation classifiers on train + candidate (and
-    candidate only), and return the counts of their predicted scores on the tuning split by label."""
+    candidate only), and return the counts of their predicted scores on the tuning split by label
+    (with DP on: noised as one Gaussian release, ``privacy.dp_scores``)."""
     site = load_site(context)
     data = _normalized(site, msg)
     models = _generator_models(site, msg, data.in_channels)
-    scores = score_candidates_at_site(models, data, site.config, site_index=site.index)
-    return _reply(msg, **{P.METRICS: P.encode_candidate_scores(scores), P.SITE: _site_record(site)})
+    with _site_ledger(site, context, _spent(msg)) as policy:
+        planned = policy.planned("selection", "selection")
+        config = dp_evaluation_config(site.config) if planned else site.config
+        scores = score_candidates_at_site(models, data, config, site_index=site.index)
+        privacy = {}
+        if planned:
+            scores, k = release_candidate_scores(scores, _score_release(site, planned, SELECTION_RELEASE))
+            privacy = P.flatten_metrics(policy.record([score_entry("selection", planned.noise_multiplier, k)],
+                                                      "selection"))
+    record = P.encode_candidate_scores(scores)
+    return _reply(msg, **{P.METRICS: MetricRecord({**dict(record.items()), **privacy}), P.SITE: _site_record(site)})
 
 
 def _gbm_rows(site: Site, external) -> dict[str, dict]:
@@ -347,8 +375,10 @@ def _gbm_rows(site: Site, external) -> dict[str, dict]:
 
 
 @app.query("generate")
+@_refusals
 def generate(msg: Message, context: Context) -> Message:
-    """Sample guided and unguided sets locally, keep them on this site's disk, return metrics."""
+    """Sample guided and unguided sets locally, keep them on this site's disk, return metrics
+    (with DP on: only what ``privacy.dp_scores.release_site_metrics`` releases)."""
     site = load_site(context)
     config = P.config_from_record(msg.content[P.CONFIG])
     chosen = Candidate(str(config["guidance-form"]), float(config["guidance-scale"]))
@@ -367,14 +397,19 @@ def generate(msg: Message, context: Context) -> Message:
     if external is not None:  # the site's medians and the global normalizer: training statistics only
         external, external_x = transform_external(external, site.splits.train, normalizer)
         other_tests = {EXTERNAL: (external_x, external.y)}
-    metrics = evaluate_site(models.classifier, synthetic, data, site.config, site_index=site.index,
-                            influence=influence_means, other_tests=other_tests)
-    gbm = _gbm_rows(site, external)
-    metrics["baselines"] = {"gbm": {"site": gbm["site"]}} if gbm else {}
-    if external is not None:
-        by_test = strip_histograms(metrics.pop("other_tests"))
-        metrics[EXTERNAL] = site_external_result(external, by_test[EXTERNAL], (gbm or {}).get(EXTERNAL))
-    with _site_ledger(site, context) as policy:
+    with _site_ledger(site, context, _spent(msg)) as policy:
+        planned = policy.planned("evaluation", "evaluation")
+        config = dp_evaluation_config(site.config) if planned else site.config
+        metrics = evaluate_site(models.classifier, synthetic, data, config, site_index=site.index,
+                                influence=influence_means, other_tests=other_tests)
+        gbm = {} if planned else _gbm_rows(site, external)  # fitted on records: withheld under DP
+        if planned:  # one release of every test split's counts (the external cohort's too)
+            metrics, k = release_site_metrics(metrics, _score_release(site, planned, EVALUATION_RELEASE))
+            policy.record([score_entry("evaluation", planned.noise_multiplier, k)], "evaluation")
+        metrics["baselines"] = {"gbm": {"site": gbm["site"]}} if gbm else {}
+        if external is not None:
+            by_test = strip_histograms(metrics.pop("other_tests"))
+            metrics[EXTERNAL] = site_external_result(external, by_test[EXTERNAL], (gbm or {}).get(EXTERNAL))
         metrics["privacy"] = policy.summary()
     return _reply(msg, **{P.METRICS: P.to_metric_record(metrics), P.SITE: _site_record(site)})
 

@@ -19,7 +19,8 @@ in a new Flower run (a resumed run is one). So the server keeps, per site, the D
 the site's list so far (``protocol.PRIVACY_SPENT``). Before its next DP step a site whose ledger
 counts fewer operations of a phase than that list adds the missing ones from its plan
 (``tardiff_common.privacy.ledger_policy.SiteLedger.restore``): its epsilon never falls below what
-it may have released. Phase 0's two noised statistics are logged as "normalization:1" / ":2".
+it may have released. Phase 0's two noised statistics are logged as "normalization:1" / ":2",
+the noised score counts of phases 3b and 4 as "selection:1" and "evaluation:1".
 An operation is taken off the list only when the site's answer shows it released nothing (a
 budget refusal or another error reply); a round that timed out or was cut off by a server crash
 stays on it, and the resumed run's repetition of that round counts again (with the default
@@ -43,10 +44,12 @@ from tardiff_common.report.run_folder import write_json_atomic
 from .run import ServerRun, TooFewSitesError
 
 __all__ = ["PrivacyBudgetError", "active_nodes", "send_private", "record_privacy", "privacy_rows", "dp_phase",
-           "dispatch", "undo_dispatch", "undo_on_error", "spent_content", "load_dispatched", "DISPATCHED"]
+           "dispatch", "undo_dispatch", "undo_on_error", "spent_content", "load_dispatched", "DISPATCHED",
+           "query_private"]
 
 EXCLUDED = "privacy_excluded"  # run.state: names of the sites excluded after a budget refusal
 SITES = "privacy_sites"  # run.state: {site: latest privacy metrics}
+PARTICIPATION_PHASE = {"evaluation": "generation"}  # a DP phase's name in ``run.participation``
 DISPATCHED = "privacy_dispatched"  # run.state: {site: ["<phase>:<round>", ...]} DP operations sent to it
 
 
@@ -64,7 +67,8 @@ def dp_phase(run: ServerRun, phase: str) -> bool:
     """Whether the sites release under DP in ``phase``."""
     p = run.config.privacy
     return {"normalization": p.any_dp, "classifier": p.dp_sgd_classifier, "influence": p.gradient_sum_dp,
-            "diffusion": p.dp_sgd_diffusion}.get(phase, False)
+            "diffusion": p.dp_sgd_diffusion, "selection": p.any_dp and run.config.guidance.auto,
+            "evaluation": p.any_dp}.get(phase, False)
 
 
 def _dispatched_file(run: ServerRun):
@@ -157,6 +161,24 @@ def send_private(run: ServerRun, phase: str, server_round: int, messages: Iterab
     return replies
 
 
+def query_private(run: ServerRun, phase: str, dp_op: str, message_type: str, content: RecordDict) -> list[Message]:
+    """``run.query`` of a one-shot DP release (phase 3b "selection", phase 4 "evaluation" as
+    ``dp_op``) to every site: logged before it is sent, each message carrying its site's earlier
+    DP operations, an error reply taking it off the log, budget refusals handled, the replies'
+    privacy reports kept."""
+    spent = dispatch(run, dp_op, 1, run.node_ids)
+    try:
+        replies = run.query(phase, message_type,
+                            lambda n: spent_content(content, spent[n] if n in spent else None),
+                            on_reply=undo_on_error(run, dp_op, 1))
+    except TooFewSitesError:
+        handle_refusals(run, phase, 1)
+        raise
+    handle_refusals(run, phase, 1)
+    record_privacy(run, {r.metadata.src_node_id: P.from_metric_record(r.content[P.METRICS]) for r in replies})
+    return replies
+
+
 def undo_on_error(run: ServerRun, phase: str, server_round: int):
     """``ServerRun.send``'s ``on_reply``: an error reply takes the operation off the dispatch log."""
     if not dp_phase(run, phase):
@@ -196,7 +218,7 @@ def privacy_rows(run: ServerRun, site_metrics: dict[str, dict]) -> list[dict]:
     rows = []
     for name in names:
         rows += privacy_rows_of(name, reports.get(name, {}), p, lambda phase, name=name: any(
-            name in used for used in run.participation.get(phase, [])))
+            name in used for used in run.participation.get(PARTICIPATION_PHASE.get(phase, phase), [])))
     return rows
 
 

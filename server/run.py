@@ -314,7 +314,8 @@ class ServerRun:
 
     def query(self, phase: str, message_type: str, content: Callable[[int], RecordDict] | RecordDict,
               *, server_round: int = 0, node_ids: list[int] | None = None,
-              expected_arrays: dict | None = None) -> list[Message]:
+              expected_arrays: dict | None = None,
+              on_reply: Callable[[Message], None] | None = None) -> list[Message]:
         """Send ``message_type`` with ``content`` (or ``content(node_id)``) to every site."""
         nodes = node_ids if node_ids is not None else self.node_ids
         messages = [
@@ -322,7 +323,7 @@ class ServerRun:
                     group_id=f"{message_type}-{server_round}")
             for n in nodes
         ]
-        return self.send(phase, server_round, messages, expected_arrays=expected_arrays)
+        return self.send(phase, server_round, messages, expected_arrays=expected_arrays, on_reply=on_reply)
 
     def site_of(self, reply: Message) -> SiteInfo:
         return self.sites[reply.metadata.src_node_id]

@@ -11,8 +11,9 @@ The server knows what each message type's reply must hold (``tardiff_common.prot
   [2n, C, L] alike).
 * **metrics**: a metric list is allowed only under a declared name pattern with its declared
   length (``ListRule``); scalars only under the declared names or patterns (matched segment by
-  segment: a generation reply may hold exactly ``generation_scalars``' names; ``privacy/*`` is
-  always allowed: the DP ledger's summary) and at most ``max_scalars`` of them.
+  segment: a generation reply may hold exactly ``generation_scalars``' names) and at most
+  ``max_scalars`` of them (``privacy/*`` is always allowed: the DP ledger's summary, at most
+  ``MAX_PRIVACY_SCALARS``, counted apart).
 * **config**: only the ``site`` record, with its declared entries, short strings and no bytes.
 
 Every reply's size is counted by ``reply_bytes``: the array data, every metric value (8 bytes)
@@ -38,6 +39,7 @@ MAX_CONFIG_TEXT = 256  # characters: the longest string a site record entry may 
 HISTOGRAM_BINS = 4096  # phase 0b's bins per channel (``normalize.histogram_edges_from_moments``' default)
 REPORTED_SETS = ("real", "unguided", "unguided_2", "tardiff")  # the training sets phase 4 scores
 PRIVACY_METRICS = "privacy/*"  # the DP ledger summary a site may add to any reply (scalars)
+MAX_PRIVACY_SCALARS = 64  # its scalars, counted apart from a schema's own ``max_scalars``
 
 # the scalar metrics of a generation reply (``pipeline.evaluation.evaluate_site``, flattened)
 SCORES = ("auroc", "auprc", "minority_f1")  # metrics.classification.binary_scores
@@ -174,7 +176,7 @@ def schema_problems(schema: ReplySchema, reply: Message) -> list[str]:
                                 f"{'/'.join(spec.dtypes)} {shape}")
     for key in sorted(set(content.metric_records) - {P.METRICS}):
         problems.append(f"unexpected metric record {key!r}")
-    scalars = 0
+    scalars = privacy = 0
     for name, value in (content.metric_records[P.METRICS].items() if P.METRICS in content.metric_records else []):
         if isinstance(value, list):
             rule = next((r for r in schema.lists if fnmatchcase(name, r.pattern)), None)
@@ -183,12 +185,16 @@ def schema_problems(schema: ReplySchema, reply: Message) -> list[str]:
                 problems.append(f"metric {name!r} is a list of {len(value)} values; no list is declared under that name")
             elif len(value) != want:
                 problems.append(f"metric {name!r} is a list of {len(value)} values, expected {want}")
+        elif fnmatchcase(name, PRIVACY_METRICS):
+            privacy += 1
         else:
             scalars += 1
-            if not (any(_scalar_allowed(name, p) for p in schema.scalars) or fnmatchcase(name, PRIVACY_METRICS)):
+            if not any(_scalar_allowed(name, p) for p in schema.scalars):
                 problems.append(f"metric {name!r} is not expected")
     if scalars > schema.max_scalars:
         problems.append(f"{scalars} scalar metrics, at most {schema.max_scalars} expected")
+    if privacy > MAX_PRIVACY_SCALARS:
+        problems.append(f"{privacy} privacy metrics, at most {MAX_PRIVACY_SCALARS} expected")
     problems += _config_problems(schema, reply)
     return problems
 

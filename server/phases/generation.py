@@ -6,14 +6,17 @@ own disk, trains downstream classifiers on them (TSTR) and on its real records (
 TSRTR), scores them on its own test split and returns the scores. The server pools the
 per-seed scores weighted by test-split size (``pipeline.evaluation.pool_site_metrics``). The
 U-Net and classifier travel packed (``tardiff_common.protocol``); with DP the message also lists the DP operations
-dispatched to the site (``protocol.PRIVACY_SPENT``), for a site whose ledger was lost.
+dispatched to the site (``protocol.PRIVACY_SPENT``), for a site whose ledger was lost, and the
+reply is the DP release "evaluation:1" (``tardiff_common.privacy.dp_scores.release_site_metrics``:
+noised score counts, per-site AUROC / AUPRC from them; F1, theta*'s scores, fidelity and the
+membership attack withheld).
 """
 
 from __future__ import annotations
 
 from tardiff_common import protocol as P
 
-from ..privacy import DISPATCHED, dp_phase, spent_content
+from ..privacy import query_private
 from ..run import ServerRun
 from .selection import generator_content
 
@@ -24,10 +27,7 @@ def run_generation_phase(run: ServerRun) -> None:
     chosen = run.state["selection"]["chosen"]
     content = generator_content(run, {"run-name": run.run_name, "guidance-form": chosen["form"],
                                       "guidance-scale": float(chosen["scale"])})
-    dp_on = any(dp_phase(run, phase) for phase in ("classifier", "influence", "diffusion"))
-    spent = run.state.get(DISPATCHED, {})
-    replies = run.query("generation", P.GENERATE,
-                        lambda n: spent_content(content, spent.get(run.sites[n].name, []) if dp_on else None))
+    replies = query_private(run, "generation", "evaluation", P.GENERATE, content)
     site_metrics = {}
     for reply in replies:  # in site-name order
         site = run.site_of(reply)

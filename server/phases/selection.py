@@ -7,7 +7,9 @@ alone (TSTR) with the run's evaluation seeds, and answers with the counts of the
 scores on its tuning split by label ([2, bins] per seed: metrics, never a record). The server
 adds the counts over sites, computes the pooled tuning AUPRC per candidate and picks the best
 one if it beats unguided by more than a second unguided draw differs from the first
-(``tardiff_common.pipeline.selection``); phase 4 generates with it. With a numeric scale the
+(``tardiff_common.pipeline.selection``); phase 4 generates with it. With DP on the counts come
+noised (``tardiff_common.privacy.dp_scores``; the noise widens the null row's gap too, so the
+rule stays the same) and the release is one DP operation "selection:1" in the dispatch log. With a numeric scale the
 phase only records the fixed setting and sends nothing.
 """
 
@@ -19,6 +21,7 @@ from tardiff_common import protocol as P
 from tardiff_common.metrics.histogram_auc import SCORE_BINS
 from tardiff_common.pipeline.selection import fixed_selection, selection_from_scores, selection_record, tuning_rows
 
+from ..privacy import query_private
 from ..run import ServerRun
 from .normalization import normalizer_record
 
@@ -46,7 +49,7 @@ def run_selection_phase(run: ServerRun) -> None:
         run.log(f"[selection] {fixed['summary']}")
         return
     rows = tuning_rows(run.config)
-    replies = run.query("selection", P.TUNE, generator_content(run))
+    replies = query_private(run, "selection", "selection", P.TUNE, generator_content(run))
     seeds = len(g.tuning_seeds)
     scores = [P.decode_candidate_scores(reply.content[P.METRICS], rows, seeds, SCORE_BINS) for reply in replies]
     selection = selection_from_scores(scores, run.config)

@@ -15,7 +15,8 @@ normalizer, G; the format of the federated server's ``checkpoint/state.npz``).
 
 Privacy (``privacy.*``, docs/PRIVACY.md): the pooled data holder runs the federated site's
 mechanisms -- noised phase-0 statistics, DP-SGD of the classifier and the U-Net, the DP
-gradient-sum release -- under one ledger policy (``privacy.ledger_policy.SiteLedger`` for site
+gradient-sum release, the noised score counts of the selection and the evaluation
+(``privacy.dp_scores``; the gradient-boosting baseline, computed on records, is withheld) -- under one ledger policy (``privacy.ledger_policy.SiteLedger`` for site
 "pooled": one plan solved for the pooled training size, one Opacus accountant), checked against
 ``privacy.max-epsilon`` before every step; ``metrics.json["privacy"]`` has the federated run's
 row shape. ``SUPPORTED_PRIVACY`` lists what it honours; anything else (secure aggregation) is
@@ -54,7 +55,13 @@ from .phases import (
     prepare_splits,
     resolve_device,
 )
-from .selection import resolve_guidance, select_guidance, selection_record
+from .selection import (
+    resolve_guidance,
+    score_candidates_at_site,
+    select_guidance,
+    selection_from_scores,
+    selection_record,
+)
 from .timing import PhaseTimer
 from .validation import refuse_unsupported
 
@@ -123,6 +130,52 @@ def fit(config: RunConfig, sites: list[SiteData], *, ledger: SiteLedger | None =
                         progress=progress, log=log)
 
 
+def _select(models: SamplingModels, data, config: RunConfig, ledger, *, progress: bool) -> dict:
+    """``select_guidance`` on the pooled data; under DP the tuning counts are one noised release
+    (``privacy.dp_scores``) recorded in ``ledger``, as at a federated site."""
+    planned = ledger.planned("selection", "selection") if ledger is not None and config.guidance.auto else None
+    if planned is None:
+        return select_guidance(models, [data], config, progress=progress)
+    from ..privacy.dp_scores import (
+        SELECTION_RELEASE,
+        ScoreRelease,
+        dp_evaluation_config,
+        release_candidate_scores,
+        score_entry,
+    )
+    from ..privacy.randomness import dp_generator
+
+    scores = score_candidates_at_site(models, data, dp_evaluation_config(config), site_index=0, progress=progress)
+    generator = dp_generator(config.privacy.reproducible_noise, config.seed, 0, 0, SELECTION_RELEASE)
+    scores, k = release_candidate_scores(scores, ScoreRelease(planned.noise_multiplier, generator))
+    ledger.record([score_entry("selection", planned.noise_multiplier, k)], "selection")
+    return selection_from_scores([scores], config)
+
+
+def _evaluate(classifier, synthetic, data, config: RunConfig, ledger, *, influence, other_tests) -> dict:
+    """``evaluate_site`` on the pooled data; under DP only what ``dp_scores.release_site_metrics``
+    releases (one noised release of every test split's counts, recorded in ``ledger``)."""
+    planned = ledger.planned("evaluation", "evaluation") if ledger is not None else None
+    if planned is None:
+        return evaluate_site(classifier, synthetic, data, config, site_index=0, influence=influence,
+                             other_tests=other_tests)
+    from ..privacy.dp_scores import (
+        EVALUATION_RELEASE,
+        ScoreRelease,
+        dp_evaluation_config,
+        release_site_metrics,
+        score_entry,
+    )
+    from ..privacy.randomness import dp_generator
+
+    site = evaluate_site(classifier, synthetic, data, dp_evaluation_config(config), site_index=0,
+                         influence=influence, other_tests=other_tests)
+    generator = dp_generator(config.privacy.reproducible_noise, config.seed, 0, 0, EVALUATION_RELEASE)
+    site, k = release_site_metrics(site, ScoreRelease(planned.noise_multiplier, generator))
+    ledger.record([score_entry("evaluation", planned.noise_multiplier, k)], "evaluation")
+    return site
+
+
 def run_centralized(
     config: RunConfig,
     sites: list[SiteData],
@@ -163,7 +216,7 @@ def run_centralized(
 
     requested = config
     with timer("selection"):
-        selection = select_guidance(models, [data], config, progress=progress)
+        selection = _select(models, data, config, ledger, progress=progress)
         config = resolve_guidance(config, selection["chosen"])
     log(f"[selection] {selection['summary']}")
 
@@ -176,11 +229,11 @@ def run_centralized(
         tests = {s.name: (s.test_x, s.test_y) for s in per_site}
         if external is not None:
             tests[EXTERNAL] = (external_x, external.y)
-        site = evaluate_site(classifier, synthetic, data, config, site_index=0, influence=influence, other_tests=tests)
+        site = _evaluate(classifier, synthetic, data, config, ledger, influence=influence, other_tests=tests)
         by_test = strip_histograms(site.pop("other_tests"))
-        gbm = gbm_benchmark(pooled, {"pooled": pooled.test, **{s.name: s.test for s in splits},
-                                     **({EXTERNAL: external} if external is not None else {})},
-                            config.evaluation.seeds)
+        gbm = {} if ledger is not None else gbm_benchmark(  # records' summary statistics: withheld under DP
+            pooled, {"pooled": pooled.test, **{s.name: s.test for s in splits},
+                     **({EXTERNAL: external} if external is not None else {})}, config.evaluation.seeds)
     site_metrics = {POOLED: site}
     weights = [len(s.test_y) for s in per_site]
     metrics = {

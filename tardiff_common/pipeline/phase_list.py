@@ -39,11 +39,11 @@ PHASES: tuple[Phase, ...] = (
     Phase("classifier", seed_id=1, dp=True),
     Phase("influence", seed_id=2, dp=True),
     Phase("diffusion", seed_id=3, dp=True),
-    Phase("selection"),
+    Phase("selection", dp=True),  # the tuning-split score counts (noised under DP)
     Phase("generation", seed_id=4),
     Phase("resume", step=False),
     # Parts of generation with randomness of their own:
-    Phase("evaluation", seed_id=5, step=False, timeout=False),  # the evaluation classifiers
+    Phase("evaluation", seed_id=5, step=False, timeout=False, dp=True),  # the evaluation classifiers; test counts
     Phase("membership", seed_id=6, step=False, timeout=False),  # the membership attack, per site
     Phase("secagg", seed_id=7, step=False, timeout=False),  # SecAgg+'s neighbour draw, per weight round
 )

@@ -7,6 +7,11 @@ From the run config and the site's record counts (its own; a site plans for itse
 * gradient sum:       1 entry (sigma_g, q = 1, 1 step), clip ``privacy.clip``
 * classifier DP-SGD:  per round (sigma_s, q_c = 1 / b_c, epochs_c * b_c steps), b_c = ceil(N_train / B_c)
 * diffusion DP-SGD:   per round (sigma_s, q_d = 1 / b_d, epochs_d * b_d steps), b_d = ceil(N_train / B_d)
+* selection (3b):     1 entry (sigma_g, q = 1, 1 step), clip sqrt(K_3b) -- the noised tuning-split score
+                      counts (``privacy.dp_scores``), whenever any DP mechanism is on and
+                      ``guidance.scale = "auto"``
+* evaluation (4):     1 entry (sigma_g, q = 1, 1 step), clip sqrt(K_4) -- the noised test-split score
+                      counts the phase-4 metrics are computed from, whenever any DP mechanism is on
 
 (b = batches per epoch of the non-private loader, B = min(batch size, N); Opacus' Poisson
 loader samples each record with q = 1 / b and runs b steps per epoch.) Over the run that is
@@ -17,8 +22,14 @@ Noise multipliers: explicit ones (``privacy.noise-multiplier`` for the sum,
 ``privacy.target-epsilon`` as one common sigma so that the composed epsilon of the *planned*
 run equals the target (``accounting.solve_noise_multiplier``; with only the gradient sum that
 is Opacus' ``get_noise_multiplier(target, delta, sample_rate=1, steps=1)``). The normalization
-releases take the gradient sum's sigma: solved with the others when it is free, else
-``privacy.noise-multiplier`` when set, else ``privacy.sgd-noise-multiplier``.
+releases, the selection and the evaluation release take the gradient sum's sigma: solved with
+the others when it is free, else ``privacy.noise-multiplier`` when set, else
+``privacy.sgd-noise-multiplier``.
+
+**Budget split.** One common sigma for every free entry: each q = 1 release (2 statistics, the
+sum, selection, evaluation) gets the same share, alpha / (2 sigma^2) of RDP at every order, and
+the DP-SGD rounds the rest; the report's per-phase rows show each phase's epsilon alone and the
+``total`` row their composition (= the target).
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from dataclasses import dataclass, replace
 
 from ..pipeline.config import RunConfig
 from .accounting import Entry, epsilon_of, solve_noise_multiplier
+from .dp_scores import evaluation_histograms, score_entry, selection_histograms
 
 __all__ = ["SitePlan", "plan_site", "batches_per_epoch", "validate_privacy_run", "NORMALIZATION_RELEASES"]
 
@@ -51,22 +63,26 @@ class SitePlan:
     classifier_rounds: int
     diffusion_rounds: int
     normalization: Entry | None = None  # each of the NORMALIZATION_RELEASES phase-0 releases
+    selection: Entry | None = None  # the phase-3b score counts
+    evaluation: Entry | None = None  # the phase-4 score counts
 
     def entry(self, phase: str) -> Entry | None:
         """The planned entry of one operation of ``phase`` (None when that phase releases without DP)."""
         return {"normalization": self.normalization, "classifier": self.classifier_round,
-                "influence": self.gradient_sum, "diffusion": self.diffusion_round}.get(phase)
+                "influence": self.gradient_sum, "diffusion": self.diffusion_round,
+                "selection": self.selection, "evaluation": self.evaluation}.get(phase)
 
     def entries(self) -> list[Entry]:
         """One entry per DP phase (the solved schedule without repetitions)."""
-        return [e for e in (self.normalization, self.gradient_sum, self.classifier_round, self.diffusion_round)
-                if e is not None]
+        return [e for e in (self.normalization, self.gradient_sum, self.classifier_round, self.diffusion_round,
+                            self.selection, self.evaluation) if e is not None]
 
     def history(self) -> list[Entry]:
         out = [self.normalization] * NORMALIZATION_RELEASES if self.normalization else []
         out += [self.classifier_round] * self.classifier_rounds if self.classifier_round else []
         out += [self.gradient_sum] if self.gradient_sum else []
         out += [self.diffusion_round] * self.diffusion_rounds if self.diffusion_round else []
+        out += [e for e in (self.selection, self.evaluation) if e is not None]
         return out
 
     def epsilon(self, delta: float, accountant: str) -> float:
@@ -99,17 +115,22 @@ def plan_site(config: RunConfig, num_train: int) -> SitePlan:
                            p.sgd_clip)
     free_grad = p.gradient_sum_dp and p.noise_multiplier is None
     free_sgd = p.dp_sgd and p.sgd_noise_multiplier is None
-    stats = None
+    stats = select = evaluate = None
     if p.any_dp:
         explicit = p.noise_multiplier if p.gradient_sum_dp else p.sgd_noise_multiplier
-        stats = Entry("normalization", zero if explicit is None else explicit, 1.0, 1, 1.0)
+        sigma0 = zero if explicit is None else explicit
+        stats = Entry("normalization", sigma0, 1.0, 1, 1.0)
+        if config.guidance.auto:
+            select = score_entry("selection", sigma0, selection_histograms(config))
+        evaluate = score_entry("evaluation", sigma0, evaluation_histograms(config))
     free_stats = stats is not None and explicit is None
     plan = SitePlan(grad, cls_round, diff_round, config.federation.classifier_rounds,
-                    config.federation.diffusion_rounds, stats)
+                    config.federation.diffusion_rounds, stats, select, evaluate)
     if not (free_grad or free_sgd):
         return plan
     free, fixed = [], []
-    for entry, is_free in ((stats, free_stats), (grad, free_grad), (cls_round, free_sgd), (diff_round, free_sgd)):
+    for entry, is_free in ((stats, free_stats), (grad, free_grad), (cls_round, free_sgd), (diff_round, free_sgd),
+                           (select, free_stats), (evaluate, free_stats)):
         if entry is None:
             continue
         repeats = {"classifier": plan.classifier_rounds, "diffusion": plan.diffusion_rounds,
@@ -122,4 +143,6 @@ def plan_site(config: RunConfig, num_train: int) -> SitePlan:
         replace(diff_round, noise_multiplier=sigma) if diff_round and free_sgd else diff_round,
         plan.classifier_rounds, plan.diffusion_rounds,
         replace(stats, noise_multiplier=sigma) if stats and free_stats else stats,
+        replace(select, noise_multiplier=sigma) if select and free_stats else select,
+        replace(evaluate, noise_multiplier=sigma) if evaluate and free_stats else evaluate,
     )

@@ -102,7 +102,10 @@ def test_plan_solves_one_sigma_for_the_whole_run():
         "privacy.target-epsilon": 3.0})
     plan = plan_site(config, 80)
     assert plan.gradient_sum.noise_multiplier == plan.classifier_round.noise_multiplier > 0
-    assert len(plan.history()) == 2 + 2 + 1 + 2  # normalization, classifier rounds, the sum, diffusion rounds
+    # normalization, classifier rounds, the sum, diffusion rounds, the selection and evaluation counts
+    assert [e.phase for e in plan.history()] == ["normalization"] * 2 + ["classifier"] * 2 + ["influence"] + \
+        ["diffusion"] * 2 + ["selection", "evaluation"]
+    assert plan.selection.noise_multiplier == plan.evaluation.noise_multiplier == plan.gradient_sum.noise_multiplier
     assert 2.98 <= plan.epsilon(1e-5, "rdp") <= 3.0
     assert plan.classifier_round.sample_rate == 1 / batches_per_epoch(80, 32)
 

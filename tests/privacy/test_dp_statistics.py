@@ -106,8 +106,9 @@ def test_plan_has_the_two_statistics_releases_and_epsilon_grows_with_them():
 
     without = epsilon_of([e for e in plan.history() if e.phase != "normalization"], 1e-5)
     assert plan.epsilon(1e-5, "rdp") > without
-    # the same three q = 1 steps at sigma 2 are one Gaussian mechanism at sigma 2 / sqrt(3)
-    assert plan.epsilon(1e-5, "rdp") == pytest.approx(epsilon_of([stats[0].__class__("x", 2 / math.sqrt(3), 1.0, 1,
+    # the same five q = 1 steps at sigma 2 (2 statistics, the sum, the selection and evaluation
+    # counts) are one Gaussian mechanism at sigma 2 / sqrt(5)
+    assert plan.epsilon(1e-5, "rdp") == pytest.approx(epsilon_of([stats[0].__class__("x", 2 / math.sqrt(5), 1.0, 1,
                                                                                      1.0)], 1e-5), rel=1e-6)
 
 

@@ -1,0 +1,182 @@
+"""DP release of the score-count histograms of phases 3b (selection) and 4 (evaluation).
+
+Without DP a site answers phase 3b with, per guidance candidate, mode and tuning seed, the
+counts of predicted tuning-split scores by label ([2, 200] each), and phase 4 with its
+evaluation metrics plus the same counts on its test split. With any DP mechanism on
+(``privacy.any_dp``) each of the two replies is **one Gaussian mechanism** on the counts, one
+ledger entry (sigma, q = 1, 1 step, clip = sqrt(K)), and everything else computed on records is
+post-processed from the noised counts or withheld.
+
+**Sensitivity.** Let the release hold K histograms H_1..H_K, each over the *scored split* S
+(the tuning split in phase 3b, the test split in phase 4): H_j[y_i, bin(f_j(x_i))] counts
+record i once. The classifiers f_j do not depend on S (under DP they are trained on the
+training split and/or synthetic records for a fixed ``evaluation.epochs``, with no early
+stopping on a real split, see ``dp_evaluation_config``). Adding or removing one record of S
+changes exactly one cell of every H_j by 1, so the stacked release moves by
+
+    ||Delta||_2 = sqrt(K)          (L1: K; coarse grouping of bins below does not change it)
+
+and H~ = H + N(0, sigma^2 K I) is the Gaussian mechanism with noise multiplier sigma: the
+Opacus history entry (sigma, 1.0, 1) (``score_entry``). K = candidates (incl. the null row)
+x 2 modes x tuning seeds in phase 3b; K = every (training set, evaluation seed[, ratio], test
+split) histogram in phase 4 (``count_histograms``).
+
+**Post-processing** (free): before the noise, the 200 fine bins are grouped into
+``DP_SCORE_BINS`` coarse bins of ``GROUP`` fine bins (the grid is public, so a record still
+counts once per histogram); the noised coarse counts are rounded, clipped at 0 and put in the
+middle fine bin of their group, so the wire shape [2, 200] and the server's pooling are
+unchanged and the pooled AUROC / AUPRC are those of the coarse histograms. Per-run AUROC /
+AUPRC of a site are recomputed from its own noised histograms; the minority-class F1 (needs the
+per-record threshold), theta*'s test scores, the fidelity metrics (computed against the training
+records) and the membership attack (per-record distances) are withheld (NaN / absent).
+
+**What this does not cover.** The training split enters the TSRTR and "real" evaluation
+classifiers (trained on it without DP), so a *training* record's effect on these counts is not
+bounded by this mechanism; the reported epsilon of these two phases is for the records of the
+scored split (tuning / test). See docs/PRIVACY.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from ..metrics.histogram_auc import SCORE_BINS, auprc_from_histogram, auroc_from_histogram
+from ..metrics.summary import summarize_runs
+from .accounting import Entry
+
+__all__ = [
+    "DP_SCORE_BINS",
+    "GROUP",
+    "SELECTION_RELEASE",
+    "EVALUATION_RELEASE",
+    "ScoreRelease",
+    "score_entry",
+    "noise_histograms",
+    "count_histograms",
+    "selection_histograms",
+    "evaluation_histograms",
+    "release_candidate_scores",
+    "release_site_metrics",
+    "dp_evaluation_config",
+    "WITHHELD",
+]
+
+DP_SCORE_BINS = 20
+GROUP = SCORE_BINS // DP_SCORE_BINS  # fine bins per coarse bin
+SELECTION_RELEASE, EVALUATION_RELEASE = 3, 4  # noise-generator ids (phase-0 statistics use 1, 2)
+WITHHELD = ("minority_f1", "global_classifier", "fidelity", "membership", "context_fid")
+
+
+@dataclass(frozen=True)
+class ScoreRelease:
+    """The noise of one release: multiplier sigma and the site's generator."""
+
+    noise_multiplier: float
+    generator: torch.Generator
+
+
+def score_entry(phase: str, noise_multiplier: float, num_histograms: int) -> Entry:
+    """The ledger entry of a release of ``num_histograms`` (K) histograms: (sigma, 1, 1), clip sqrt(K)."""
+    return Entry(phase, float(noise_multiplier), 1.0, 1, math.sqrt(max(int(num_histograms), 1)))
+
+
+def noise_histograms(histograms: np.ndarray, release: ScoreRelease) -> np.ndarray:
+    """[K, 2, SCORE_BINS] counts -> noised counts, same shape, int64 (see module doc): grouped into
+    ``DP_SCORE_BINS`` coarse bins, + N(0, sigma^2 K), rounded, clipped at 0, each coarse count in
+    the middle fine bin of its group."""
+    h = np.asarray(histograms, dtype=np.float64)
+    if h.ndim != 3 or h.shape[1:] != (2, SCORE_BINS):
+        raise ValueError(f"expected score histograms [K, 2, {SCORE_BINS}], got {h.shape}")
+    k = h.shape[0]
+    coarse = h.reshape(k, 2, DP_SCORE_BINS, GROUP).sum(axis=3)
+    noise = torch.randn(coarse.size, generator=release.generator, dtype=torch.float64).numpy().reshape(coarse.shape)
+    noisy = np.clip(np.rint(coarse + release.noise_multiplier * math.sqrt(max(k, 1)) * noise), 0, None)
+    out = np.zeros(h.shape, dtype=np.int64)
+    out[:, :, GROUP // 2::GROUP] = noisy.astype(np.int64)
+    return out
+
+
+# ----------------------------------------------------------------------------- phase 3b
+
+
+def selection_histograms(config) -> int:
+    """K of the phase-3b release: tuning rows (candidates + null row) x 2 modes x tuning seeds."""
+    from ..pipeline.selection import tuning_rows
+
+    return len(tuning_rows(config)) * 2 * len(config.guidance.tuning_seeds)
+
+
+def release_candidate_scores(scores: dict[str, dict], release: ScoreRelease) -> tuple[dict[str, dict], int]:
+    """``score_candidates_at_site``'s result with every tuning histogram noised jointly (one
+    release of K histograms) and Context-FID withheld (NaN); returns (scores, K)."""
+    keys = [(label, mode) for label, row in scores.items() for mode in ("tsrtr", "tstr")]
+    stacks = [np.asarray(scores[label][mode], dtype=np.int64).reshape(-1, 2, SCORE_BINS) for label, mode in keys]
+    counts = [len(s) for s in stacks]
+    noised = noise_histograms(np.concatenate(stacks), release)
+    out = {label: {**row, "context_fid": float("nan")} for label, row in scores.items()}
+    start = 0
+    for (label, mode), n in zip(keys, counts, strict=True):
+        out[label][mode] = noised[start:start + n].tolist()
+        start += n
+    return out, int(sum(counts))
+
+
+# ----------------------------------------------------------------------------- phase 4
+
+
+def evaluation_histograms(config, synthetic_sets: int = 3, test_splits: int = 1) -> int:
+    """K of the phase-4 release: per test split and evaluation seed, TSTR of "real" and every
+    synthetic set plus TSRTR of every synthetic set at every ratio."""
+    e = config.evaluation
+    return test_splits * len(e.seeds) * ((1 + synthetic_sets) + synthetic_sets * len(e.tsrtr_ratios))
+
+
+def _summaries(metrics: dict) -> Iterator[dict]:
+    """Every summary carrying "histograms" in ``evaluate_site``'s result (other test splits too)."""
+    blocks = [metrics] + list(metrics.get("other_tests", {}).values())
+    for block in blocks:
+        yield from block.get("tstr", {}).values()
+        for by_ratio in block.get("tsrtr", {}).values():
+            yield from by_ratio.values()
+
+
+def count_histograms(metrics: dict) -> int:
+    """K of an ``evaluate_site`` result: the number of [2, bins] histograms it carries."""
+    return sum(np.asarray(s["histograms"]).size // (2 * SCORE_BINS) for s in _summaries(metrics))
+
+
+def release_site_metrics(metrics: dict, release: ScoreRelease) -> tuple[dict, int]:
+    """``evaluate_site``'s result as released under DP: all its score histograms noised jointly
+    (one release of K histograms), each summary's per-run AUROC / AUPRC recomputed from its
+    noised histograms (minority F1 NaN), theta*'s scores NaN, fidelity and membership withheld
+    ({}); test size, synthetic-record count and mean influence (functions of public sizes and
+    the synthetic sets) kept. Returns (metrics, K)."""
+    summaries = list(_summaries(metrics))
+    stacks = [np.asarray(s["histograms"], dtype=np.int64).reshape(-1, 2, SCORE_BINS) for s in summaries]
+    noised = noise_histograms(np.concatenate(stacks), release)
+    start = 0
+    for summary, stack in zip(summaries, stacks, strict=True):
+        runs = noised[start:start + len(stack)]
+        start += len(stack)
+        rows = [{"auroc": auroc_from_histogram(h), "auprc": auprc_from_histogram(h), "minority_f1": float("nan")}
+                for h in runs]
+        summary.clear()
+        summary.update(summarize_runs(rows))
+        summary["histograms"] = runs.reshape(-1).tolist()
+    out = dict(metrics)
+    out["global_classifier"] = {key: float("nan") for key in metrics.get("global_classifier", {})}
+    out["fidelity"] = {}
+    out["membership"] = {}
+    return out, len(noised)
+
+
+def dp_evaluation_config(config):
+    """The run config the evaluation classifiers use under DP: no early stopping on a real split
+    (``evaluation.patience = 0``: a fixed ``evaluation.epochs``), so a scored split's records are the
+    only ones of that split the released counts depend on."""
+    return replace(config, evaluation=replace(config.evaluation, patience=0))
