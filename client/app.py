@@ -41,9 +41,11 @@ from tardiff_common.influence.guidance import Candidate
 from tardiff_common.metrics.pooling import strip_histograms
 from tardiff_common.pipeline import phases
 from tardiff_common.pipeline.benchmark import gbm_benchmark
+from tardiff_common.pipeline.config_errors import ConfigError
 from tardiff_common.pipeline.evaluation import evaluate_site
 from tardiff_common.pipeline.external import EXTERNAL, site_external_result, transform_external
 from tardiff_common.pipeline.selection import resolve_guidance, score_candidates_at_site
+from tardiff_common.pipeline.validation import PLAN_REFUSED, site_plan_problems
 from tardiff_common.privacy.accounting import PrivacyBudgetExceeded, PrivacyLedger
 from tardiff_common.privacy.dp_scores import (
     EVALUATION_RELEASE,
@@ -164,6 +166,9 @@ def stats(msg: Message, context: Context) -> Message:
     except ValueError as err:
         return P.refusal_reply(msg, f"{P.SITE_CONFIG_ERROR}: {err}")
     train = site.splits.train
+    problems = site_plan_problems(site.config, site.name, len(train.y))
+    if problems:  # before anything is released: a DP plan this site cannot honour with its own split sizes
+        return P.refusal_reply(msg, f"{PLAN_REFUSED}: site {site.name!r}: {ConfigError(problems)}")
     summary = train.summary()
     missing = list(summary["missing_fraction"].values())
     privacy = {}

@@ -43,7 +43,7 @@ from tardiff_common.report.run_folder import write_json_atomic
 
 from .run import ServerRun, TooFewSitesError
 
-__all__ = ["PrivacyBudgetError", "active_nodes", "send_private", "record_privacy", "privacy_rows", "dp_phase",
+__all__ = ["PrivacyBudgetError", "PrivacyPlanError", "active_nodes", "send_private", "record_privacy", "privacy_rows", "dp_phase",
            "dispatch", "undo_dispatch", "undo_on_error", "spent_content", "load_dispatched", "DISPATCHED",
            "query_private"]
 
@@ -55,6 +55,10 @@ DISPATCHED = "privacy_dispatched"  # run.state: {site: ["<phase>:<round>", ...]}
 
 class PrivacyBudgetError(RuntimeError):
     """A site refused a step over its privacy budget and ``on-budget-exceeded`` is "stop"."""
+
+
+class PrivacyPlanError(RuntimeError):
+    """A site refused phase 0: it cannot honour the DP plan with its own split sizes."""
 
 
 def active_nodes(run: ServerRun) -> list[int]:
@@ -175,7 +179,8 @@ def query_private(run: ServerRun, phase: str, dp_op: str, message_type: str, con
         handle_refusals(run, phase, 1)
         raise
     handle_refusals(run, phase, 1)
-    record_privacy(run, {r.metadata.src_node_id: P.from_metric_record(r.content[P.METRICS]) for r in replies})
+    if dp_phase(run, dp_op):
+        record_privacy(run, {r.metadata.src_node_id: P.from_metric_record(r.content[P.METRICS]) for r in replies})
     return replies
 
 

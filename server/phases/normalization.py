@@ -25,9 +25,10 @@ from tardiff_common.data.normalize import (
     histogram_edges_from_moments,
     make_normalizer,
 )
+from tardiff_common.pipeline.validation import PLAN_REFUSED
 from tardiff_common.serialization import normalizer_to_numpy
 
-from ..privacy import dispatch, record_privacy, spent_content
+from ..privacy import PrivacyPlanError, dispatch, record_privacy, spent_content
 from ..run import ServerRun, SiteInfo
 
 __all__ = ["run_normalization"]
@@ -56,7 +57,10 @@ def check_unique_names(infos: list[SiteInfo]) -> None:
 
 def run_normalization(run: ServerRun) -> None:
     nodes = run.wait_for_nodes()
-    replies = run.query("normalization", P.STATS, RecordDict({P.CONFIG: ConfigRecord({})}), node_ids=nodes)
+    try:
+        replies = run.query("normalization", P.STATS, RecordDict({P.CONFIG: ConfigRecord({})}), node_ids=nodes)
+    finally:
+        stop_on_plan_refusals(run)
     _stop_on_site_config_errors(run)
     infos = [site_info(reply) for reply in replies]  # replies come in site-name order
     check_unique_names(infos)
@@ -95,6 +99,15 @@ def _stop_on_site_config_errors(run: ServerRun) -> None:
     bad = {node: why for node, why in dropped.items() if P.SITE_CONFIG_ERROR in why}  # the reason names the site
     if bad:
         raise ValueError("phase 0, before any training: " + "; ".join(f"{node}: {why}" for node, why in sorted(bad.items())))
+
+
+def stop_on_plan_refusals(run: ServerRun) -> None:
+    """A site that cannot honour the DP plan with its own split sizes refused phase 0 before
+    releasing anything (``validation.PLAN_REFUSED``): stop the run with its message."""
+    reasons = [e.error[e.error.index(PLAN_REFUSED):] for e in run.audit.entries
+               if e.phase == "normalization" and e.error and PLAN_REFUSED in e.error]
+    if reasons:
+        raise PrivacyPlanError("; ".join(dict.fromkeys(reasons)))
 
 
 def _record_dp(run: ServerRun, replies, log_round: int | None) -> None:

@@ -41,6 +41,18 @@ def generator_content(run: ServerRun, config: dict | None = None) -> RecordDict:
     })
 
 
+def dp_variance(replies) -> float:
+    """The pooled DP noise variance per coarse cell of the noised tuning counts: sum over sites of
+    sigma_k^2 x clip_k^2 (clip = sqrt(K_k), from each reply's privacy report); 0 without DP."""
+    total = 0.0
+    for reply in replies:
+        report = P.from_metric_record(reply.content[P.METRICS]).get("privacy", {})
+        release = report.get("selection") if isinstance(report, dict) else None
+        if isinstance(release, dict):
+            total += float(release["sigma"]) ** 2 * float(release["clip"]) ** 2
+    return total
+
+
 def run_selection_phase(run: ServerRun) -> None:
     g = run.config.guidance
     if not g.auto:
@@ -52,7 +64,7 @@ def run_selection_phase(run: ServerRun) -> None:
     replies = query_private(run, "selection", "selection", P.TUNE, generator_content(run))
     seeds = len(g.tuning_seeds)
     scores = [P.decode_candidate_scores(reply.content[P.METRICS], rows, seeds, SCORE_BINS) for reply in replies]
-    selection = selection_from_scores(scores, run.config)
+    selection = selection_from_scores(scores, run.config, dp_variance=dp_variance(replies))
     run.state["selection"] = selection_record(selection)
     run.log(f"[selection] {len(replies)} sites scored {len(rows) - 1} candidates and a null draw on their tuning splits; "
             + selection["summary"])

@@ -149,7 +149,7 @@ def _select(models: SamplingModels, data, config: RunConfig, ledger, *, progress
     generator = dp_generator(config.privacy.reproducible_noise, config.seed, 0, 0, SELECTION_RELEASE)
     scores, k = release_candidate_scores(scores, ScoreRelease(planned.noise_multiplier, generator))
     ledger.record([score_entry("selection", planned.noise_multiplier, k)], "selection")
-    return selection_from_scores([scores], config)
+    return selection_from_scores([scores], config, dp_variance=planned.noise_multiplier ** 2 * k)
 
 
 def _evaluate(classifier, synthetic, data, config: RunConfig, ledger, *, influence, other_tests) -> dict:

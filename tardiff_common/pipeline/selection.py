@@ -12,6 +12,7 @@ computes its part and the server pools the parts:
             H_{c,r} = histogram of f_{c,r}(x) over the tuning split by label     [2, bins]
     server:  H_{c,r} = sum_k H^k_{c,r};   AUPRC_c = mean_r AUPRC(H_{c,r})
              noise   = |AUPRC_null - AUPRC_unguided|     (a second unguided draw, "null", scored alike)
+                       (with DP-noised counts at least ``dp_noise_floor``: what the DP noise alone moves it)
              choice  = among the guided candidates with Context-FID_c <= max_fid_ratio x unguided's,
                        the best AUPRC_c if it beats unguided by more than noise + tie_tolerance,
                        else unguided (s = 0)
@@ -129,16 +130,18 @@ def pool_candidate_scores(site_scores: list[dict[str, dict]]) -> dict[str, dict]
 
 
 def choose_candidate(pooled: dict[str, dict], select_on: str = "tsrtr", tie_tolerance: float = 0.0,
-                     max_fid_ratio: float = 0.0) -> Candidate:
+                     max_fid_ratio: float = 0.0, dp_floor: float = 0.0) -> Candidate:
     """The guided candidate with the best pooled tuning AUPRC if it beats unguided by more than
     the noise floor |null - unguided| (when the table has a null row) plus ``tie_tolerance``;
     else unguided. Only candidates whose Context-FID is at most ``max_fid_ratio`` x unguided's
     are eligible (0 = no constraint): a set far off the data manifold is not chosen on a lucky
-    tuning score. Among guided candidates a tie goes to the smaller scale; NaNs never win."""
+    tuning score. Among guided candidates a tie goes to the smaller scale; NaNs never win. With
+    DP-noised counts the noise floor is at least ``dp_floor`` (``dp_noise_floor``)."""
     key = f"{select_on}_auprc"
     unguided = next(r for label, r in pooled.items() if label != NULL_LABEL and r["scale"] == 0)
     null = pooled.get(NULL_LABEL)
     noise = abs(null[key] - unguided[key]) if null is not None and np.isfinite(null[key]) else 0.0
+    noise = max(noise, dp_floor)
     fid_limit = max_fid_ratio * unguided.get("context_fid", np.nan)
 
     def eligible(r: dict) -> bool:
@@ -178,16 +181,39 @@ def fixed_selection(config: RunConfig) -> dict:
             "summary": f"guidance fixed at {chosen.label} (no selection)"}
 
 
-def selection_from_scores(site_scores: list[dict[str, dict]], config: RunConfig) -> dict:
-    """Pool the sites' candidate scores and choose (see ``select_guidance``)."""
+DP_FLOOR_Z = 2.0  # the DP floor in standard deviations of a difference of two noised AUPRCs
+
+
+def dp_noise_floor(site_scores: list[dict[str, dict]], select_on: str, variance: float) -> float:
+    """The least gap a guided candidate must beat unguided by when the counts are DP-noised
+    (pooled noise ``variance`` per coarse cell, ``privacy.dp_scores``): DP_FLOOR_Z x sqrt(2) x the
+    std of the seed-mean AUPRC that the noise alone causes (``dp_scores.auprc_noise_std`` of
+    unguided's pooled histograms, / sqrt(seeds)). The null row's gap also holds the DP noise, but
+    as a single draw it is often small; without this floor noise picks a guided candidate about
+    half the time when none is better (tested)."""
+    from ..privacy.dp_scores import auprc_noise_std
+
+    label = next(label for label, row in site_scores[0].items() if label != NULL_LABEL and row["scale"] == 0)
+    runs = sum(np.asarray(s[label][select_on], dtype=np.float64) for s in site_scores)
+    stds = [auprc_noise_std(h, variance, seed=i) for i, h in enumerate(runs)]
+    return DP_FLOOR_Z * float(np.sqrt(2.0) * np.mean(stds) / np.sqrt(len(stds)))
+
+
+def selection_from_scores(site_scores: list[dict[str, dict]], config: RunConfig, *, dp_variance: float = 0.0) -> dict:
+    """Pool the sites' candidate scores and choose (see ``select_guidance``); ``dp_variance``: the
+    pooled DP noise variance per coarse cell of noised counts (0: not noised)."""
     g = config.guidance
     table = pool_candidate_scores(site_scores)
-    chosen = choose_candidate(table, g.select_on, g.tie_tolerance, g.max_fid_ratio)
+    floor = dp_noise_floor(site_scores, g.select_on, dp_variance) if dp_variance > 0 else 0.0
+    chosen = choose_candidate(table, g.select_on, g.tie_tolerance, g.max_fid_ratio, dp_floor=floor)
     key = f"{g.select_on}_auprc"
     ranking = ", ".join(f"{label} {row[key]:.3f}" for label, row in table.items())
-    return {"mode": "auto", "chosen": chosen, "select_on": g.select_on, "table": table,
-            "summary": f"chose {chosen.label} by pooled tuning {g.select_on.upper()} AUPRC beyond the null draw's "
-                       f"noise ({ranking})"}
+    out = {"mode": "auto", "chosen": chosen, "select_on": g.select_on, "table": table,
+           "summary": f"chose {chosen.label} by pooled tuning {g.select_on.upper()} AUPRC beyond the null draw's "
+                      f"noise{f' (at least the DP noise floor {floor:.3f})' if floor else ''} ({ranking})"}
+    if dp_variance > 0:
+        out["dp_noise_floor"] = floor
+    return out
 
 
 def selection_record(selection: dict) -> dict:
@@ -195,4 +221,5 @@ def selection_record(selection: dict) -> dict:
     chosen: Candidate = selection["chosen"]
     return {"mode": selection["mode"], "select_on": selection["select_on"],
             "chosen": {"form": chosen.form, "scale": chosen.scale, "label": chosen.label},
-            "candidates": selection["table"]}
+            "candidates": selection["table"],
+            **({"dp_noise_floor": selection["dp_noise_floor"]} if "dp_noise_floor" in selection else {})}

@@ -23,6 +23,10 @@ sites) adds the rules that need the loaded data: ``unet.in-channels`` equal to t
 channel count or "auto", and a reachable target epsilon within the budget at every site's
 training size (the site's full plan, ``privacy.plan.plan_site``).
 
+``site_plan_problems(config, site, train_size)``: the same plan check for one federated site,
+which runs it at the start of phase 0 with its own split size and refuses (``PLAN_REFUSED``)
+before releasing anything; the server stops the run with that message.
+
 ``unsupported_options(config, mode)`` names the options a run mode cannot honour
 (``refuse_unsupported`` raises them) so that nothing the run does not do is recorded as on.
 """
@@ -48,10 +52,13 @@ __all__ = [
     "unsupported_options",
     "refuse_unsupported",
     "check_sites",
+    "site_plan_problems",
+    "PLAN_REFUSED",
     "RUN_MODES",
 ]
 
 RUN_MODES = ("centralized", "federated")
+PLAN_REFUSED = "privacy plan refused"  # starts a site's phase-0 refusal of a DP plan it cannot honour
 SELECT_ON = ("tsrtr", "tstr")
 
 
@@ -291,6 +298,19 @@ def check_against_data(config: RunConfig, *, channels: int, train_sizes: Mapping
         for site, size in train_sizes.items():
             problems.extend(_solvable(config, num_train=int(size), site=site))
     raise_if_any(problems)
+
+
+def site_plan_problems(config: RunConfig, site: str, train_size: int) -> list[Problem]:
+    """What keeps one site from honouring the DP plan with its own training-split size (a
+    federated site checks this when phase 0 starts, before it releases anything; the server has
+    no sizes before phase 0): the target epsilon unreachable at that size, the planned run above
+    ``privacy.max-epsilon``, DP-SGD without a training record. [] when DP is off."""
+    if not config.privacy.any_dp:
+        return []
+    if train_size < 1 and config.privacy.dp_sgd:
+        return [Problem("privacy.dp-sgd-classifier" if config.privacy.dp_sgd_classifier else "privacy.dp-sgd-diffusion",
+                        f"site {site!r} has no training records to run DP-SGD on")]
+    return list(_solvable(config, num_train=max(int(train_size), 1), site=site))
 
 
 def unsupported_options(config: RunConfig, mode: str) -> list[Problem]:

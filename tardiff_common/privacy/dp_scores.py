@@ -63,6 +63,7 @@ __all__ = [
     "release_candidate_scores",
     "release_site_metrics",
     "dp_evaluation_config",
+    "auprc_noise_std",
     "WITHHELD",
 ]
 
@@ -180,3 +181,20 @@ def dp_evaluation_config(config):
     (``evaluation.patience = 0``: a fixed ``evaluation.epochs``), so a scored split's records are the
     only ones of that split the released counts depend on."""
     return replace(config, evaluation=replace(config.evaluation, patience=0))
+
+
+def auprc_noise_std(histogram: np.ndarray, variance: float, *, draws: int = 64, seed: int = 0) -> float:
+    """How much the DP noise alone moves an AUPRC computed from pooled released counts: the std of
+    the AUPRC of ``histogram`` ([2, SCORE_BINS], pooled over sites) with N(0, ``variance``) added to
+    each coarse cell (rounded, clipped at 0) over ``draws`` draws. ``variance`` = sum over sites of
+    sigma_k^2 K_k (the pooled noise per coarse cell, public: each site reports sigma_k and
+    clip_k = sqrt(K_k)). A parametric bootstrap on released counts only: post-processing."""
+    h = np.asarray(histogram, dtype=np.float64).reshape(2, DP_SCORE_BINS, GROUP).sum(axis=2)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(draws):
+        noisy = np.clip(np.rint(h + math.sqrt(variance) * rng.standard_normal(h.shape)), 0, None)
+        values.append(auprc_from_histogram(noisy))
+    values = np.asarray(values)
+    values = values[np.isfinite(values)]
+    return float(values.std()) if values.size > 1 else float("inf")
