@@ -192,6 +192,11 @@ def _privacy_section(metrics: dict) -> str:
                      f"composed over everything the site released under DP; `total` = all its DP phases "
                      f"together. A phase without DP shows epsilon = inf (sigma 0): the records it uses (e.g. "
                      f"the training split when DP-SGD is off) are not protected by the total.")
+        if settings.get("dp_score_counts"):
+            lines.append("Phases 3b and 4 release only noised score counts (Gaussian mechanism, sensitivity "
+                         "sqrt(K) for K histograms: rows `selection` and `evaluation`, C = sqrt(K)); AUROC / AUPRC "
+                         "are computed from them. Withheld under DP (n/a): "
+                         + ", ".join(settings.get("withheld_under_dp", [])) + ".")
         if settings.get("max_epsilon") is not None:
             lines.append(f"Budget: privacy.max-epsilon = {settings['max_epsilon']} per site, "
                          f"on exceeding: {settings.get('on_budget_exceeded')}; "

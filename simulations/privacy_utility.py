@@ -50,8 +50,9 @@ __all__ = ["study_config", "run_point", "run_sweep", "summarize", "main"]
 
 MODES = {"sum": "DP on the gradient sum only", "all": "DP on the gradient sum + DP-SGD of both models"}
 FIELDS = ["mode", "epsilon", "sites", "seed", "tstr_auprc", "tstr_auroc", "tstr_minority_f1",
+          "pooled_tstr_auprc", "pooled_tstr_auroc",
           "unguided_auprc", "unguided_minority_f1", "real_auprc", "mia_auc", "mia_auc_unguided",
-          "epsilon_reported_max", "sigma_sum_mean", "sigma_sgd_mean", "seconds"]
+          "epsilon_reported_max", "epsilon_evaluation_max", "sigma_sum_mean", "sigma_sgd_mean", "seconds"]
 
 STUDY = {
     "data.length": 24, "data.size-scale": 1.0,
@@ -106,12 +107,16 @@ def row_of(mode: str, epsilon: float, sites: int, seed: int, metrics: dict, seco
     sigmas = {ph: [r["sigma"] for r in metrics.get("privacy", []) if r["phase"] == ph]
               for ph in ("influence", "classifier")}
     membership = metrics.get("membership", {})
+    pooled = metrics.get("histogram_pooled", {}).get("tstr", {}).get("tardiff", {})
+    evaluation = [r["epsilon"] for r in metrics.get("privacy", []) if r["phase"] == "evaluation" and r.get("dp")]
     return {
         "mode": mode, "epsilon": epsilon, "sites": sites, "seed": seed,
         "tstr_auprc": tstr["tardiff"]["auprc"], "tstr_auroc": tstr["tardiff"]["auroc"],
         "tstr_minority_f1": tstr["tardiff"]["minority_f1"],
         "unguided_auprc": tstr["unguided"]["auprc"], "unguided_minority_f1": tstr["unguided"]["minority_f1"],
         "real_auprc": tstr["real"]["auprc"],
+        "pooled_tstr_auprc": pooled.get("auprc", float("nan")), "pooled_tstr_auroc": pooled.get("auroc", float("nan")),
+        "epsilon_evaluation_max": max(evaluation) if evaluation else math.inf,
         "mia_auc": membership.get("tardiff", {}).get("mia_auc", float("nan")),
         "mia_auc_unguided": membership.get("unguided", {}).get("mia_auc", float("nan")),
         "epsilon_reported_max": max((math.inf if t is None else t) for t in totals) if totals else math.inf,
@@ -181,16 +186,18 @@ def summarize(rows: list[dict], out_dir: Path, *, modes=("sum", "all"), elapsed:
              "Per-site epsilon (delta = 1e-5, Opacus RDP accountant, composed over the whole run); `none` = no DP "
              "(epsilon = inf). `sum` = " + MODES["sum"] + "; `all` = " + MODES["all"] + ". TSTR of the TarDiff "
              "(guided) synthetic set, site-weighted; MIA = distance-to-closest-synthetic-record attack AUC at each "
-             "site (train vs test records), site-weighted; 0.5 = no leak. Mean ± std over seeds.", "",
-             "| sites | mode | epsilon | seeds | TSTR AUPRC | TSTR AUROC | minority F1 | MIA AUC | "
+             "site (train vs test records), site-weighted; 0.5 = no leak; n/a = withheld (under DP the phase-4 "
+             "metrics are computed from noised score counts: F1 and MIA are withheld). Pooled = AUPRC of the "
+             "test-score histograms pooled over sites. Mean ± std over seeds.", "",
+             "| sites | mode | epsilon | seeds | TSTR AUPRC | pooled TSTR AUPRC | TSTR AUROC | minority F1 | MIA AUC | "
              "unguided AUPRC | real AUPRC | max reported eps | sigma (sum / SGD) | s/run |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in order:
         g = groups[key]
         eps_rep = max(r["epsilon_reported_max"] for r in g)
         lines.append(
             f"| {key[2]} | {key[0]} | {key[1]:g} | {len(g)} | {_stats([r['tstr_auprc'] for r in g])} | "
-            f"{_stats([r['tstr_auroc'] for r in g])} | {_stats([r['tstr_minority_f1'] for r in g])} | "
+            f"{_stats([r.get('pooled_tstr_auprc', float('nan')) for r in g])} | {_stats([r['tstr_auroc'] for r in g])} | {_stats([r['tstr_minority_f1'] for r in g])} | "
             f"{_stats([r['mia_auc'] for r in g])} | {_stats([r['unguided_auprc'] for r in g])} | "
             f"{_stats([r['real_auprc'] for r in g])} | {'inf' if not np.isfinite(eps_rep) else f'{eps_rep:.3g}'} | "
             f"{np.mean([r['sigma_sum_mean'] for r in g]):.3g} / {np.mean([r['sigma_sgd_mean'] for r in g]):.3g} | "

@@ -304,13 +304,17 @@ def site_plan_problems(config: RunConfig, site: str, train_size: int) -> list[Pr
     """What keeps one site from honouring the DP plan with its own training-split size (a
     federated site checks this when phase 0 starts, before it releases anything; the server has
     no sizes before phase 0): the target epsilon unreachable at that size, the planned run above
-    ``privacy.max-epsilon``, DP-SGD without a training record. [] when DP is off."""
+    ``privacy.max-epsilon`` (unless ``on-budget-exceeded = "drop-site"``: the site then takes part
+    until its next step would pass the budget), DP-SGD without a training record. [] when DP is off."""
     if not config.privacy.any_dp:
         return []
     if train_size < 1 and config.privacy.dp_sgd:
         return [Problem("privacy.dp-sgd-classifier" if config.privacy.dp_sgd_classifier else "privacy.dp-sgd-diffusion",
                         f"site {site!r} has no training records to run DP-SGD on")]
-    return list(_solvable(config, num_train=max(int(train_size), 1), site=site))
+    problems = list(_solvable(config, num_train=max(int(train_size), 1), site=site))
+    if config.privacy.on_budget_exceeded == "drop-site":  # a plan above the budget: the site drops out when it gets there
+        problems = [p for p in problems if p.key != "privacy.max-epsilon"]
+    return problems
 
 
 def unsupported_options(config: RunConfig, mode: str) -> list[Problem]:

@@ -22,7 +22,10 @@ from collections.abc import Callable
 from ..pipeline.phase_list import DP_PHASES
 from .config import PrivacyConfig
 
-__all__ = ["privacy_rows_of", "privacy_settings", "finite_epsilon"]
+__all__ = ["WITHHELD_UNDER_DP", "privacy_rows_of", "privacy_settings", "finite_epsilon"]
+
+WITHHELD_UNDER_DP = ("minority F1", "theta*'s test scores", "fidelity metrics", "membership-inference AUC",
+                     "candidates' Context-FID", "gradient-boosting baselines")
 
 def finite_epsilon(value) -> float | None:
     """epsilon as a float; None stands for infinity (no noise) in JSON and renders as "inf"."""
@@ -60,7 +63,8 @@ def privacy_settings(privacy: PrivacyConfig, excluded_sites: list[str]) -> dict:
     """metrics.json's "privacy_settings": the switches, accountant, delta and budgets of the run."""
     p = privacy
     out = {"gradient_sum_dp": p.gradient_sum_dp, "dp_sgd_classifier": p.dp_sgd_classifier,
-           "dp_sgd_diffusion": p.dp_sgd_diffusion, "dp_statistics": p.any_dp, "accountant": p.accountant,
+           "dp_sgd_diffusion": p.dp_sgd_diffusion, "dp_statistics": p.any_dp, "dp_score_counts": p.any_dp,
+           "withheld_under_dp": list(WITHHELD_UNDER_DP) if p.any_dp else [], "accountant": p.accountant,
            "delta": p.delta, "target_epsilon": p.target_epsilon, "max_epsilon": p.max_epsilon,
            "on_budget_exceeded": p.on_budget_exceeded, "secure_aggregation": p.secure_aggregation,
            "excluded_sites": list(excluded_sites)}

@@ -45,9 +45,12 @@ def test_centralized_dp_changes_the_outputs_and_reports_the_accountants_epsilon(
                              for k in names), group
     # the privacy section: the federated row shape, for the pooled data holder
     rows = {r["phase"]: r for r in dp["privacy"]}
-    assert set(rows) == {"normalization", "classifier", "influence", "diffusion", "total"}
+    assert set(rows) == {"normalization", "classifier", "influence", "diffusion", "selection", "evaluation", "total"}
     assert all(r["site"] == "pooled" and r["dp"] for r in rows.values())
-    assert rows["total"]["covers"] == "normalization+classifier+influence+diffusion"
+    assert rows["total"]["covers"] == "normalization+classifier+influence+diffusion+selection+evaluation"
+    # phase 4 under DP: every test split's counts in one release (pooled + 2 hospitals: K = 3 x 7)
+    assert rows["evaluation"]["clip"] == pytest.approx(21 ** 0.5) and rows["evaluation"]["sigma"] == 1.5
+    assert dp["membership"] == {} and dp["baselines"]["gbm"] == {}
     assert rows["influence"]["sigma"] == 1.5 and rows["classifier"]["sigma"] == 1.0
     assert dp["privacy_settings"]["dp_sgd_diffusion"] is True
     # epsilon = an Opacus accountant stepped through every release of the run

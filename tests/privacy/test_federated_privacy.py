@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from opacus.accountants import RDPAccountant
 
 from client.site import load_site
-from server.privacy import PrivacyBudgetError
+from server.privacy import PrivacyPlanError
 from simulations.local_grid import LocalGrid
 from tardiff_common import protocol as P
 from tardiff_common.data.synthetic import SyntheticICUConfig, generate_hospitals
@@ -79,18 +80,30 @@ def test_dp_run_with_secure_aggregation_end_to_end(tmp_path):
         ledger = P.load_ledger(context)
         site = load_site(context).name
         assert [e.phase for e in ledger.entries] == (["normalization"] * 2 + ["classifier"] * 2 + ["influence"]
-                                                     + ["diffusion"] * 2)
-        total = opacus_epsilon(ledger, config.privacy.delta)
+                                                     + ["diffusion"] * 2 + ["selection", "evaluation"])
+        total = opacus_epsilon(ledger, config.privacy.delta)  # the whole run's, phases 3b and 4 included
         assert rows[(site, "total")]["epsilon"] == pytest.approx(total, rel=1e-3)
         assert 3.9 <= total <= 4.0
-        for phase in ("normalization", "classifier", "influence", "diffusion"):
+        assert rows[(site, "total")]["covers"].endswith("+selection+evaluation")
+        for phase in ("normalization", "classifier", "influence", "diffusion", "selection", "evaluation"):
             row = rows[(site, phase)]
-            assert row["delta"] == 1e-5 and row["clip"] == 1.0 and row["sigma"] > 0 and row["epsilon"] < total
+            assert row["delta"] == 1e-5 and row["sigma"] > 0 and row["epsilon"] < total
+            assert row["clip"] == pytest.approx(next(e.clip for e in ledger.entries if e.phase == phase))
+        # sensitivity sqrt(K): K = the released histograms (4 tuning rows x 2 modes x 2 seeds; 7 in phase 4)
+        assert rows[(site, "selection")]["clip"] == pytest.approx(4.0)
+        assert rows[(site, "evaluation")]["clip"] == pytest.approx(math.sqrt(7))
     report = (run_dir / "report.md").read_text()
     assert "## Privacy" in report and "| hospital_c | influence |" in report and "SecAgg+" in report
     saved = json.loads((run_dir / "metrics.json").read_text())
-    assert len(saved["privacy"]) == 3 * 5 and saved["privacy_settings"]["secure_aggregation"] is True
-    assert set(saved["membership"]) == {"tardiff", "unguided", "unguided_2"}
+    assert len(saved["privacy"]) == 3 * 7 and saved["privacy_settings"]["secure_aggregation"] is True
+    assert "| hospital_c | evaluation |" in report
+    # under DP the record-level metrics are withheld, the utility metrics come from noised counts
+    assert saved["membership"] == {}
+    for site_metrics in saved["sites"].values():
+        assert "fidelity" not in site_metrics and "membership" not in site_metrics
+        f1 = site_metrics["tstr"]["tardiff"]["minority_f1"]
+        assert f1 is None or math.isnan(f1)
+    assert 0.0 <= saved["histogram_pooled"]["tstr"]["tardiff"]["auroc"] <= 1.0
 
     # the server only ever saw masked vectors in the influence phase
     influence = [json.loads(line) for line in (run_dir / "audit.jsonl").read_text().splitlines()
@@ -138,18 +151,17 @@ def budget_flat(tmp_path, mode: str, name: str) -> tuple[dict, dict]:
     return flat, _site_epsilons(RunConfig().with_overrides(flat))
 
 
-def test_budget_refusal_stops_the_run(tmp_path):
-    """A budget below every site's first DP-SGD round: the run stops at classifier round 1 and
-    says which site refused which phase at which epsilon."""
+def test_plan_above_the_budget_stops_the_run_before_phase_0_releases(tmp_path):
+    """A budget below every site's planned run with on-budget-exceeded = "stop": each site refuses
+    phase 0 before releasing anything, naming itself, the key and its planned epsilon; no metrics."""
     flat, eps = budget_flat(tmp_path, "stop", "stop")
     flat["privacy.max-epsilon"] = min(first for first, _ in eps.values()) - 0.1
-    with pytest.raises(PrivacyBudgetError) as err:
+    with pytest.raises(PrivacyPlanError) as err:
         run_local(flat)
     message = str(err.value)
-    assert "on-budget-exceeded = 'stop'" in message
-    for site, (first, _) in eps.items():
-        assert f"site {site!r} refuses phase 'classifier round 1': its epsilon would reach {first:.4g}" in message
-    assert (tmp_path / "stop" / "checkpoint" / "failure.json").is_file()
+    for site, (_, total) in eps.items():
+        assert f"privacy plan refused: site {site!r}" in message
+        assert f"privacy.max-epsilon: the planned run spends epsilon {total:.4g} at site {site!r}" in message
     assert not (tmp_path / "stop" / "metrics.json").exists()
 
 
