@@ -165,27 +165,51 @@ def test_plan_above_the_budget_stops_the_run_before_phase_0_releases(tmp_path):
     assert not (tmp_path / "stop" / "metrics.json").exists()
 
 
+def _releases_within(plan, budget: float, delta: float) -> list:
+    """The planned operations a site releases under ``budget`` with "drop-site": in run order, each
+    one that keeps it within the budget; after its first refusal it is no longer asked for DP-SGD or
+    gradient-sum rounds, but still for the selection and evaluation counts (each checked again)."""
+    released, refused = [], False
+    for entry in plan.history():
+        if refused and entry.phase not in ("selection", "evaluation"):
+            continue
+        if PrivacyLedger(released + [entry]).epsilon(delta) <= budget:
+            released.append(entry)
+        else:
+            refused = True
+    return released
+
+
 def test_budget_refusal_drops_the_site(tmp_path):
-    """A budget between the two largest planned totals: the most expensive site refuses its last
-    step (diffusion round 1) and the run finishes without it."""
+    """A budget between the two largest planned totals: the most expensive site refuses the first
+    step that would pass it, is dropped from the later training rounds, releases only what still
+    fits, and the run finishes with the others; every total stays within the budget."""
+    from tardiff_common.pipeline.phases import prepare_splits
+
     flat, eps = budget_flat(tmp_path, "drop-site", "drop")
     totals = sorted(eps, key=lambda s: eps[s][1])
     worst = totals[-1]
     flat["privacy.max-epsilon"] = (eps[worst][1] + eps[totals[-2]][1]) / 2
-    metrics, _, _ = run_local(flat)
+    metrics, _, config = run_local(flat)
     everyone = sorted(eps)
     others = [s for s in everyone if s != worst]
-    assert metrics["participation"]["classifier"] == [everyone]
-    assert metrics["participation"]["influence"] == [everyone]
-    assert metrics["participation"]["diffusion"] == [others]
+    size = next(len(prepare_splits(s, config).train.y) for s in generate_hospitals(
+        SyntheticICUConfig(length=16, size_scale=0.12)) if s.name == worst)
+    released = _releases_within(plan_site(config, size), flat["privacy.max-epsilon"], config.privacy.delta)
+    assert len(released) < len(plan_site(config, size).history())  # it did refuse something
+    worst_phases = {e.phase for e in released}
+    for phase in ("classifier", "influence", "diffusion"):
+        assert metrics["participation"][phase][-1] == (everyone if phase in worst_phases else others), phase
     assert metrics["privacy_settings"]["excluded_sites"] == [worst]
     phases_of = {s: {r["phase"] for r in metrics["privacy"] if r["site"] == s and r["dp"]} for s in everyone}
-    assert phases_of[worst] == {"normalization", "classifier", "influence", "total"}  # no DP-SGD on the U-Net
+    assert phases_of[worst] == worst_phases | {"total"}
     for site in others:
-        assert phases_of[site] == {"normalization", "classifier", "influence", "diffusion", "total"}
+        assert phases_of[site] == {"normalization", "classifier", "influence", "diffusion", "selection",
+                                   "evaluation", "total"}
+    worst_total = next(r for r in metrics["privacy"] if r["site"] == worst and r["phase"] == "total")
+    assert worst_total["epsilon"] == pytest.approx(PrivacyLedger(released).epsilon(config.privacy.delta), rel=1e-6)
     for row in metrics["privacy"]:
         if row["phase"] == "total":
             assert row["epsilon"] <= flat["privacy.max-epsilon"]
-    worst_diffusion = next(r for r in metrics["privacy"] if r["site"] == worst and r["phase"] == "diffusion")
-    assert worst_diffusion["epsilon"] == 0.0 and not worst_diffusion["released"]  # it released nothing there
-    assert set(metrics["sites"]) == set(everyone)  # the dropped site still generated and evaluated locally
+    # a site evaluates locally after being dropped only if its noised counts still fit the budget
+    assert set(metrics["sites"]) == set(others) | ({worst} if "evaluation" in worst_phases else set())
