@@ -221,3 +221,33 @@ def test_selection_rule_with_noised_counts():
     picks = selection_picks(2.0, 100, floor=True)
     assert picks["equal"] <= 2
     assert selection_picks(0.5, 100, floor=True)["better"] >= 16
+
+
+def test_a_noised_tuning_reply_with_its_privacy_report_fits_the_wire_schema():
+    """The privacy report's scalars count apart from the tuning schema's own (at most 64)."""
+    from flwr.app import Message, MetricRecord
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from server.wire import MAX_PRIVACY_SCALARS, reply_schema, schema_problems
+
+    config = preset("tiny").with_overrides(DP)
+    rng = np.random.default_rng(2)
+    seeds = len(config.guidance.tuning_seeds)
+    scores = {label: {"form": c.form, "scale": c.scale, "influence": 0.5, "context_fid": 3.0,
+                      "tsrtr": histograms_of(rng, seeds).tolist(), "tstr": histograms_of(rng, seeds).tolist()}
+              for label, c, _ in tuning_rows(config)}
+    noised, k = release_candidate_scores(scores, release(1.0, 0))
+    policy = SiteLedger(config, "hospital_a", 75)
+    privacy = P.flatten_metrics(policy.record([score_entry("selection", 1.0, k)], "selection"))
+    schema = reply_schema(P.TUNE, channels=3, config=config, tuning_rows=len(tuning_rows(config)))
+
+    def tune_reply(extra: dict) -> Message:
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+        query = Message(RecordDict(), dst_node_id=7, message_type=P.TUNE)
+        metrics = MetricRecord({**dict(P.encode_candidate_scores(noised).items()), **extra})
+        return Message(RecordDict({P.METRICS: metrics, P.SITE: ConfigRecord({"name": "hospital_a", "index": 0})}),
+                       reply_to=query)
+
+    assert schema_problems(schema, tune_reply(privacy)) == []
+    flood = {f"privacy/x/{i}": 0.0 for i in range(MAX_PRIVACY_SCALARS + 1)}
+    assert any("privacy metrics" in p for p in schema_problems(schema, tune_reply(flood)))
