@@ -176,9 +176,9 @@ def query_private(run: ServerRun, phase: str, dp_op: str, message_type: str, con
                             lambda n: spent_content(content, spent[n] if n in spent else None),
                             on_reply=undo_on_error(run, dp_op, 1))
     except TooFewSitesError:
-        handle_refusals(run, phase, 1)
+        handle_refusals(run, phase, 0)  # a one-shot query is audited as round 0
         raise
-    handle_refusals(run, phase, 1)
+    handle_refusals(run, phase, 0)
     if dp_phase(run, dp_op):
         record_privacy(run, {r.metadata.src_node_id: P.from_metric_record(r.content[P.METRICS]) for r in replies})
     return replies
