@@ -30,7 +30,8 @@ def test_seed_ids_are_distinct_and_names_unique():
 def test_derived_lists():
     assert WORKFLOW == ("normalization", "classifier", "influence", "diffusion", "selection", "generation")
     assert TIMEOUT_PHASES == WORKFLOW + ("resume",)
-    assert DP_PHASES == LEDGER_PHASES == ("normalization", "classifier", "influence", "diffusion")
+    assert DP_PHASES == LEDGER_PHASES == ("normalization", "classifier", "influence", "diffusion", "selection",
+                                          "evaluation")
 
 
 def test_phase_timeouts_accept_exactly_the_timeout_phases():
