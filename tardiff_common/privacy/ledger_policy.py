@@ -12,7 +12,7 @@ pooled data. The policy itself:
   record), so the epsilon and the budget checks never fall below what the site may have
   released. A ledger that counts as many or more is left as it is.
 * ``planned(phase, step)`` -- the planned entry of the next DP operation of ``phase`` ("normalization",
-  "classifier", "influence", "diffusion"), after checking that it keeps the site within
+  "classifier", "influence", "diffusion", "selection", "evaluation"), after checking that it keeps the site within
   ``privacy.max-epsilon``; raises ``PrivacyBudgetExceeded`` naming site, step and the epsilon it
   would reach; None when that phase releases without DP.
 * ``record(entries, phase)`` -- append what an operation actually ran (for DP-SGD: the Opacus
@@ -59,7 +59,8 @@ class SiteLedger:
             self.plan_entries = plan_site(self.config, self.num_train).entries()
         by_phase = {e.phase: e for e in self.plan_entries}
         return SitePlan(by_phase.get("influence"), by_phase.get("classifier"), by_phase.get("diffusion"),
-                        fed.classifier_rounds, fed.diffusion_rounds, by_phase.get("normalization"))
+                        fed.classifier_rounds, fed.diffusion_rounds, by_phase.get("normalization"),
+                        by_phase.get("selection"), by_phase.get("evaluation"))
 
     def restore(self, spent: list[str]) -> list[Entry]:
         """Add the operations of ``spent`` ("<phase>:<round>") the ledger does not count; returns them."""

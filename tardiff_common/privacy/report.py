@@ -27,6 +27,7 @@ __all__ = ["WITHHELD_UNDER_DP", "privacy_rows_of", "privacy_settings", "finite_e
 WITHHELD_UNDER_DP = ("minority F1", "theta*'s test scores", "fidelity metrics", "membership-inference AUC",
                      "candidates' Context-FID", "gradient-boosting baselines")
 
+
 def finite_epsilon(value) -> float | None:
     """epsilon as a float; None stands for infinity (no noise) in JSON and renders as "inf"."""
     if value is None:
