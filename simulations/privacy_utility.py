@@ -25,6 +25,10 @@ level 1, 2 heads x 8), T = 50 and 10 DDIM steps, 2 diffusion rounds x 2 epochs, 
 hidden 16, 8 epochs, one evaluation seed, TSRTR ratio 1.0, guidance scale 10. DP randomness is reproducible
 (``privacy.reproducible-noise``) so rows can be re-run exactly; never do that in deployment.
 
+Under DP the phase-4 metrics are released from noised score counts (``privacy.dp_scores``): the
+TSTR AUROC / AUPRC in the table are those, minority F1 and the MIA AUC are withheld (n/a), and
+``pooled_tstr_*`` are the histogram-pooled figures of the noised counts.
+
     python -m simulations.privacy_utility --out runs/privacy_utility                      # full sweep
     python -m simulations.privacy_utility --out runs/pu_small --epsilons inf,4,1 --sites 2  # smaller
 """
