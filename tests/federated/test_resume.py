@@ -258,7 +258,7 @@ def test_resumed_dp_run_counts_every_dispatched_dp_operation(tmp_path):
     for context in fresh.contexts.values():
         ledger = P.load_ledger(context)
         assert Counter(e.phase for e in ledger.entries) == {"normalization": 2, "classifier": 2, "influence": 1,
-                                                            "diffusion": 3}
+                                                            "diffusion": 3, "selection": 1, "evaluation": 1}
         site = next(name for name, info in client_site_names(fresh).items() if info is context)
         assert totals(resumed)[site] == pytest.approx(epsilon_of(ledger.entries, delta), rel=1e-6)
         assert totals(resumed)[site] > totals(straight)[site]
