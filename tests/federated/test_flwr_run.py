@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -102,8 +104,9 @@ def test_plain_flwr_run_as_a_user_types_it(tmp_path):
     FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION), a fresh FLWR_HOME. The run completes, writes its
     report, and Flower's `uv sync` installed nothing (pyproject's [tool.uv] exclude-dependencies):
     the app ran on the venv's packages."""
-    home = tmp_path / "flwr_home"
-    home.mkdir()
+    # a short FLWR_HOME: the simulation's unix sockets live under it, and a socket path may not
+    # exceed ~107 bytes (pytest's tmp_path can be longer than that allows)
+    home = Path(tempfile.mkdtemp(prefix="fh"))
     bin_dir = Path(sys.executable).parent
     env = {k: v for k, v in os.environ.items()
            if k not in ("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "FLWR_HOME")}
@@ -144,4 +147,5 @@ def test_plain_flwr_run_as_a_user_types_it(tmp_path):
         assert "Runtime dependency installation is disabled" not in logs
     finally:
         left = _stop_all(f"FLWR_HOME={home}")
+        shutil.rmtree(home, ignore_errors=True)
     assert not left, f"processes of the run still alive: {sorted(left)}"
