@@ -31,6 +31,7 @@ from flwr.app import Message
 from tardiff_common import protocol as P
 from tardiff_common.data.contract import SPLIT_NAMES
 from tardiff_common.metrics.histogram_auc import SCORE_BINS
+from tardiff_common.pipeline.selection import scored_modes
 
 __all__ = ["ArraySpec", "ListRule", "ReplySchema", "reply_schema", "schema_problems", "reply_bytes",
            "MAX_CONFIG_TEXT", "HISTOGRAM_BINS"]
@@ -106,7 +107,7 @@ def reply_schema(message_type: str, *, channels: int | None, config=None,
     if message_type == P.TUNE:
         counts = len(config.guidance.tuning_seeds) * 2 * SCORE_BINS
         return ReplySchema(message_type, scalars=("tuning/*/influence", "tuning/*/context_fid"),
-                           lists=(ListRule("tuning/*/tsrtr", counts), ListRule("tuning/*/tstr", counts)),
+                           lists=tuple(ListRule(f"tuning/*/{mode}", counts) for mode in scored_modes(config)),
                            max_scalars=2 * max(tuning_rows, 1))
     if message_type == P.GENERATE:
         seeds = len(config.evaluation.seeds)

@@ -118,7 +118,7 @@ def row_of(mode: str, epsilon: float, sites: int, seed: int, metrics: dict, seco
         "tstr_auprc": tstr["tardiff"]["auprc"], "tstr_auroc": tstr["tardiff"]["auroc"],
         "tstr_minority_f1": tstr["tardiff"]["minority_f1"],
         "unguided_auprc": tstr["unguided"]["auprc"], "unguided_minority_f1": tstr["unguided"]["minority_f1"],
-        "real_auprc": tstr["real"]["auprc"],
+        "real_auprc": tstr.get("real", {}).get("auprc", float("nan")),  # withheld under DP
         "pooled_tstr_auprc": pooled.get("auprc", float("nan")), "pooled_tstr_auroc": pooled.get("auroc", float("nan")),
         "epsilon_evaluation_max": max(evaluation) if evaluation else math.inf,
         "mia_auc": membership.get("tardiff", {}).get("mia_auc", float("nan")),

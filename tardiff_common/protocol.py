@@ -330,19 +330,27 @@ def encode_candidate_scores(scores: dict[str, dict]) -> MetricRecord:
     for i, row in enumerate(scores.values()):
         flat[f"tuning/{i}/influence"] = float(row["influence"])
         flat[f"tuning/{i}/context_fid"] = float(row["context_fid"])
-        for mode in ("tsrtr", "tstr"):
+        for mode in (m for m in ("tsrtr", "tstr") if m in row):  # under DP "tstr" only
             flat[f"tuning/{i}/{mode}"] = [int(v) for v in np.asarray(row[mode], dtype=np.int64).reshape(-1)]
     return MetricRecord(flat)
 
 
-def decode_candidate_scores(record: MetricRecord, rows: list, seeds: int, bins: int) -> dict[str, dict]:
+def decode_candidate_scores(record: MetricRecord, rows: list, seeds: int, bins: int,
+                            modes: tuple[str, ...] = ("tsrtr", "tstr")) -> dict[str, dict]:
     """Inverse of ``encode_candidate_scores`` given the run's tuning rows (``selection.tuning_rows``:
-    (label, candidate, draw)), seeds and bins; raises ValueError when a histogram has the wrong size."""
+    (label, candidate, draw)), seeds, bins and scored ``modes`` (``selection.scored_modes``: "tstr"
+    only under DP); raises ValueError when a histogram has the wrong size or a mode is missing or
+    unexpected."""
     out = {}
     for i, (label, candidate, _) in enumerate(rows):
         row = {"form": candidate.form, "scale": candidate.scale, "influence": float(record[f"tuning/{i}/influence"]),
                "context_fid": float(record[f"tuning/{i}/context_fid"])}
-        for mode in ("tsrtr", "tstr"):
+        extra = [m for m in ("tsrtr", "tstr") if m not in modes and f"tuning/{i}/{m}" in record]
+        if extra:
+            raise ValueError(f"tuning reply: candidate {label} carries {extra[0]} counts, expected only {list(modes)}")
+        for mode in modes:
+            if f"tuning/{i}/{mode}" not in record:
+                raise ValueError(f"tuning reply: candidate {label} has no {mode} counts")
             values = np.asarray(record[f"tuning/{i}/{mode}"], dtype=np.int64)
             if values.size != seeds * 2 * bins:
                 raise ValueError(f"tuning reply: candidate {label} {mode} has {values.size} counts, "

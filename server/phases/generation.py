@@ -8,7 +8,8 @@ per-seed scores weighted by test-split size (``pipeline.evaluation.pool_site_met
 U-Net and classifier travel packed (``tardiff_common.protocol``); with DP the message also lists the DP operations
 dispatched to the site (``protocol.PRIVACY_SPENT``), for a site whose ledger was lost, and the
 reply is the DP release "evaluation:1" (``tardiff_common.privacy.dp_scores.release_site_metrics``:
-noised score counts, per-site AUROC / AUPRC from them; F1, theta*'s scores, fidelity and the
+TSTR counts only, noised, per-site AUROC / AUPRC from them; the real-only and TSRTR rows -- trained
+on raw training records without DP-SGD -- are not computed, F1, theta*'s scores, fidelity and the
 membership attack withheld).
 """
 

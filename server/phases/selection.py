@@ -9,7 +9,8 @@ adds the counts over sites, computes the pooled tuning AUPRC per candidate and p
 one if it beats unguided by more than a second unguided draw differs from the first
 (``tardiff_common.pipeline.selection``); phase 4 generates with it. With DP on the counts come
 noised (``tardiff_common.privacy.dp_scores``; the noise widens the null row's gap too, so the
-rule stays the same) and the release is one DP operation "selection:1" in the dispatch log. With a numeric scale the
+rule stays the same), TSTR only (a TSRTR classifier trains on the raw training split), and the
+choice is made on TSTR; the release is one DP operation "selection:1" in the dispatch log. With a numeric scale the
 phase only records the fixed setting and sends nothing.
 """
 
@@ -19,7 +20,13 @@ from flwr.app import ConfigRecord, RecordDict
 
 from tardiff_common import protocol as P
 from tardiff_common.metrics.histogram_auc import SCORE_BINS
-from tardiff_common.pipeline.selection import fixed_selection, selection_from_scores, selection_record, tuning_rows
+from tardiff_common.pipeline.selection import (
+    fixed_selection,
+    scored_modes,
+    selection_from_scores,
+    selection_record,
+    tuning_rows,
+)
 
 from ..privacy import query_private
 from ..run import ServerRun
@@ -63,7 +70,8 @@ def run_selection_phase(run: ServerRun) -> None:
     rows = tuning_rows(run.config)
     replies = query_private(run, "selection", "selection", P.TUNE, generator_content(run))
     seeds = len(g.tuning_seeds)
-    scores = [P.decode_candidate_scores(reply.content[P.METRICS], rows, seeds, SCORE_BINS) for reply in replies]
+    scores = [P.decode_candidate_scores(reply.content[P.METRICS], rows, seeds, SCORE_BINS,
+                                        scored_modes(run.config)) for reply in replies]
     selection = selection_from_scores(scores, run.config, dp_variance=dp_variance(replies))
     run.state["selection"] = selection_record(selection)
     run.log(f"[selection] {len(replies)} sites scored {len(rows) - 1} candidates and a null draw on their tuning splits; "

@@ -108,7 +108,7 @@ def tsrtr_training_set(real_train: Split, synthetic: Split, ratio: float) -> Spl
 
 
 def evaluate_utility(
-    real_train: Split,
+    real_train: Split | None,
     validation: Split,
     tests: dict[str, Split],
     synthetic: dict[str, Split],
@@ -117,18 +117,26 @@ def evaluate_utility(
     device: str = "cpu",
     histogram_bins: int | None = None,
 ) -> dict[str, dict]:
-    """{"tstr": {"real" | name: {test: summary}}, "tsrtr": {name: {"<ratio>": {test: summary}}}}."""
+    """{"tstr": {"real" | name: {test: summary}}, "tsrtr": {name: {"<ratio>": {test: summary}}}}.
+    ``real_train=None`` (under DP): no classifier sees a real training record -- TSTR of the
+    synthetic sets only, no "real" row, "tsrtr" {}."""
     kw = dict(device=device, histogram_bins=histogram_bins)
-    tstr = {"real": score_training_set(real_train, validation, tests, config, **kw)}
+    tstr = {} if real_train is None else {"real": score_training_set(real_train, validation, tests, config, **kw)}
     tsrtr: dict[str, dict] = {}
+    done: list[str] = []
     for name, synthetic_set in synthetic.items():
         # a set that *is* an earlier one (e.g. "tardiff" when s = 0 was chosen) has its scores:
         # with common random numbers they would come out identical, so they are copied, not recomputed
-        same = next((k for k in tsrtr if synthetic[k] is synthetic_set), None)
+        same = next((k for k in done if synthetic[k] is synthetic_set), None)
+        done.append(name)
         if same is not None:
-            tstr[name], tsrtr[name] = copy.deepcopy(tstr[same]), copy.deepcopy(tsrtr[same])
+            tstr[name] = copy.deepcopy(tstr[same])
+            if real_train is not None:
+                tsrtr[name] = copy.deepcopy(tsrtr[same])
             continue
         tstr[name] = score_training_set(synthetic_set, validation, tests, config, **kw)
+        if real_train is None:
+            continue
         tsrtr[name] = {
             f"{ratio:g}": score_training_set(tsrtr_training_set(real_train, synthetic_set, ratio), validation, tests,
                                              config, **kw)

@@ -147,16 +147,19 @@ def evaluate_site(
 ) -> dict:
     """Phase 4b at one site (see the module docstring for the keys): TSTR / TSRTR against the
     site's own test split (F1 threshold on its tuning split), theta*'s scores, fidelity,
-    membership. ``other_tests`` {name: (x, y)}: further test splits the same evaluation
+    membership. With any DP mechanism on (``privacy.any_dp``): TSTR of the synthetic sets only
+    (no "real" row, "tsrtr" {}), fidelity and membership {} -- no evaluation classifier or metric
+    reads the raw training split (``privacy.dp_scores``). ``other_tests`` {name: (x, y)}: further test splits the same evaluation
     classifiers are scored on, returned under "other_tests" {name: {"tstr", "tsrtr"}} (the
     centralized run's per-hospital test splits)."""
     if other_tests and "site" in other_tests:
         raise ValueError("evaluate_site: 'site' names the site's own test split; rename that other test split")
     device = str(next(classifier.parameters()).device)
+    dp = config.privacy.any_dp  # the switch of privacy.dp_scores: nothing here reads the training split
     tests = {"site": (data.test_x, data.test_y), **(other_tests or {})}
     utility = evaluate_utility(
-        (data.train_x, data.train_y), (data.tuning_x, data.tuning_y), tests, synthetic, config.evaluation,
-        device=device, histogram_bins=SCORE_BINS,
+        None if dp else (data.train_x, data.train_y), (data.tuning_x, data.tuning_y), tests, synthetic,
+        config.evaluation, device=device, histogram_bins=SCORE_BINS,
     )
     threshold = f1_threshold(data.tuning_y, predict_proba(classifier, data.tuning_x))
     for summary in _summaries(utility):  # flat counts travel in a MetricRecord
@@ -164,11 +167,11 @@ def evaluate_site(
     out = {
         **_for_test(utility, "site"),
         "global_classifier": binary_scores(data.test_y, predict_proba(classifier, data.test_x), threshold),
-        "fidelity": fidelity_of_sets(synthetic, data, config),
+        "fidelity": {} if dp else fidelity_of_sets(synthetic, data, config),
         "test_size": int(len(data.test_y)),
         "influence": dict(influence),
         "synthetic-records": int(sum(len(y) for _, y in synthetic.values())),
-        "membership": membership_of_sets(synthetic, data, config, site_index=site_index),
+        "membership": {} if dp else membership_of_sets(synthetic, data, config, site_index=site_index),
     }
     if other_tests:
         out["other_tests"] = {name: _for_test(utility, name) for name in other_tests}
@@ -186,7 +189,7 @@ def pool_site_metrics(site_metrics: dict[str, dict]) -> dict:
     tstr = {m: weighted_summary([site_metrics[n]["tstr"][m] for n in names], weights) for m in first["tstr"]}
     tsrtr = {
         m: {r: weighted_summary([site_metrics[n]["tsrtr"][m][r] for n in names], weights) for r in ratios}
-        for m, ratios in first["tsrtr"].items()
+        for m, ratios in first.get("tsrtr", {}).items()  # none under DP
     }
     global_scores = {key: finite_weighted_mean([site_metrics[n]["global_classifier"][key] for n in names], weights)
                      for key in first["global_classifier"]}
@@ -202,7 +205,7 @@ def pool_site_metrics(site_metrics: dict[str, dict]) -> dict:
     pooled_tstr = {m: pooled_summary([site_metrics[n]["tstr"][m] for n in names], SCORE_BINS) for m in first["tstr"]}
     pooled_tsrtr = {
         m: {r: pooled_summary([site_metrics[n]["tsrtr"][m][r] for n in names], SCORE_BINS) for r in ratios}
-        for m, ratios in first["tsrtr"].items()
+        for m, ratios in first.get("tsrtr", {}).items()  # none under DP
     }
     return {"tstr": tstr, "tsrtr": tsrtr, "global_classifier": global_scores, "influence": influence,
             "fidelity": fidelity, "paired": paired_tables(tstr, tsrtr),

@@ -101,7 +101,7 @@ def pool_external(results: dict[str, dict], *, path: str, sites: list | None = N
     first = results[names[0]]
     tstr = {m: weighted_summary([results[n]["tstr"][m] for n in names], weights) for m in first["tstr"]}
     tsrtr = {m: {r: weighted_summary([results[n]["tsrtr"][m][r] for n in names], weights) for r in ratios}
-             for m, ratios in first["tsrtr"].items()}
+             for m, ratios in first.get("tsrtr", {}).items()}  # none under DP
     with_gbm = [n for n in names if results[n].get("gbm")]
     gbm = weighted_summary([results[n]["gbm"] for n in with_gbm],
                            [float(results[n]["cohort"]["records"]) for n in with_gbm]) if with_gbm else None

@@ -332,7 +332,7 @@ def generate_synthetic_sets(models: SamplingModels, data: NormalizedSplits, conf
     * "tardiff"    — the guidance setting in ``config.guidance`` (resolved: a number, not "auto"),
                      with the same labels and noise as "unguided";
 
-    and the mean influence of each, and of the real training split."""
+    and the mean influence of each, and of the real training split (not under DP)."""
     if config.guidance.auto:
         raise ValueError("guidance.scale = 'auto' must be resolved (pipeline.selection) before generation")
     unet, classifier, direction = models.unet, models.classifier, models.direction
@@ -353,5 +353,6 @@ def generate_synthetic_sets(models: SamplingModels, data: NormalizedSplits, conf
                                                                           guidance=config.guidance, **common),
     }
     influence = {name: mean_influence(classifier, direction, x, y) for name, (x, y) in synthetic.items()}
-    influence["real_train"] = mean_influence(classifier, direction, data.train_x, data.train_y)
+    if not config.privacy.any_dp:  # a function of the raw training records: not computed under DP
+        influence["real_train"] = mean_influence(classifier, direction, data.train_x, data.train_y)
     return synthetic, influence

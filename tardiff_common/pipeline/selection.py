@@ -9,6 +9,8 @@ computes its part and the server pools the parts:
         for every evaluation seed r (the same seeds, hence initial weights, for every c):
             f_{c,r} = evaluation classifier (guidance.tuning-seeds) trained on  train_k + D_c   ("tsrtr")  or  D_c ("tstr"),
                       stopped early on the guidance split's loss (evaluation.patience)
+                      (with any DP mechanism on: "tstr" only, a fixed number of epochs, no Context-FID:
+                      nothing released is trained on the raw training split, ``scored_modes``)
             H_{c,r} = histogram of f_{c,r}(x) over the tuning split by label     [2, bins]
     server:  H_{c,r} = sum_k H^k_{c,r};   AUPRC_c = mean_r AUPRC(H_{c,r})
              noise   = |AUPRC_null - AUPRC_unguided|     (a second unguided draw, "null", scored alike)
@@ -53,11 +55,27 @@ __all__ = [
     "selection_from_scores",
     "selection_record",
     "resolve_guidance",
+    "DP_SELECT_MODES",
+    "scored_modes",
+    "select_mode",
 ]
 
 TUNING_DRAW = 7  # the candidates' noise: a draw of its own, never the reported sets' noise
 NULL_LABEL = "null (2nd unguided draw)"
 SELECT_MODES = ("tsrtr", "tstr")
+DP_SELECT_MODES = ("tstr",)  # under DP: only classifiers trained on synthetic (DP-output) records
+
+
+def scored_modes(config: RunConfig) -> tuple[str, ...]:
+    """The modes a site scores: both without DP; with any DP mechanism on (``privacy.any_dp``, the
+    switch of ``privacy.dp_scores``) TSTR only -- a "tsrtr" classifier trains on the raw training
+    split without DP-SGD, so its released counts would depend on training records without bound."""
+    return DP_SELECT_MODES if config.privacy.any_dp else SELECT_MODES
+
+
+def select_mode(config: RunConfig) -> str:
+    """The mode the choice is made on: ``guidance.select-on``, or "tstr" under DP (``scored_modes``)."""
+    return "tstr" if config.privacy.any_dp else config.guidance.select_on
 
 
 def score_candidates_at_site(models: SamplingModels, data: NormalizedSplits, config: RunConfig, *, site_index: int,
@@ -65,22 +83,22 @@ def score_candidates_at_site(models: SamplingModels, data: NormalizedSplits, con
     """{candidate label: {"form", "scale", "influence", "context_fid", "tsrtr": [[2, bins] per seed], "tstr": ...}}
     for this site's tuning split (metrics only: counts of predicted scores by label)."""
     g = config.guidance
+    dp = config.privacy.any_dp  # TSTR only, no Context-FID against the training records (``scored_modes``)
     unet, classifier, direction = models.unet, models.classifier, models.direction
     num = max(2, int(round(g.tuning_ratio * len(data.train_y))))
     device = str(next(classifier.parameters()).device)
-    real = (data.train_x, data.train_y)
-    stop_on = (data.guidance_x, data.guidance_y) if len(data.guidance_y) else None
+    stop_on = (data.guidance_x, data.guidance_y) if len(data.guidance_y) and not dp else None
     out: dict[str, dict] = {}
     for label, candidate, draw in tuning_rows(config):
         x, y = synthesize(unet, classifier, direction, num_samples=num,
                           positive_fraction=positive_fraction(config, data.train_y), length=data.length,
                           config=config, site_index=site_index, guidance=g.with_candidate(candidate),
                           draw=draw, progress=progress)
-        training_sets = {"tsrtr": (np.concatenate([real[0], x]), np.concatenate([real[1], y])), "tstr": (x, y)}
         row: dict[str, object] = {"form": candidate.form, "scale": candidate.scale,
                                   "influence": float(influence_of(classifier, direction, x, y).mean()),
-                                  "context_fid": _context_fid(data.train_x, x)}
-        for mode, train in training_sets.items():
+                                  "context_fid": float("nan") if dp else _context_fid(data.train_x, x)}
+        for mode in scored_modes(config):
+            train = (x, y) if mode == "tstr" else (np.concatenate([data.train_x, x]), np.concatenate([data.train_y, y]))
             row[mode] = []
             for seed in g.tuning_seeds:
                 # early stopping (evaluation.patience) on the guidance split: real, held out, never the tuning split
@@ -120,7 +138,7 @@ def pool_candidate_scores(site_scores: list[dict[str, dict]]) -> dict[str, dict]
         out = {"form": rows[0]["form"], "scale": float(rows[0]["scale"]),
                "influence": float(np.mean([r["influence"] for r in rows])),
                "context_fid": float(np.nanmean(fids)) if np.isfinite(fids).any() else float("nan")}
-        for mode in SELECT_MODES:
+        for mode in (m for m in SELECT_MODES if m in rows[0]):  # under DP "tstr" only
             summary = pooled_summary([{"histograms": r[mode]} for r in rows], SCORE_BINS)
             out[f"{mode}_auprc_runs"] = summary["values"]["auprc"]
             out[f"{mode}_auprc"] = summary["auprc"]
@@ -203,13 +221,14 @@ def selection_from_scores(site_scores: list[dict[str, dict]], config: RunConfig,
     """Pool the sites' candidate scores and choose (see ``select_guidance``); ``dp_variance``: the
     pooled DP noise variance per coarse cell of noised counts (0: not noised)."""
     g = config.guidance
+    select_on = select_mode(config)
     table = pool_candidate_scores(site_scores)
-    floor = dp_noise_floor(site_scores, g.select_on, dp_variance) if dp_variance > 0 else 0.0
-    chosen = choose_candidate(table, g.select_on, g.tie_tolerance, g.max_fid_ratio, dp_floor=floor)
-    key = f"{g.select_on}_auprc"
+    floor = dp_noise_floor(site_scores, select_on, dp_variance) if dp_variance > 0 else 0.0
+    chosen = choose_candidate(table, select_on, g.tie_tolerance, g.max_fid_ratio, dp_floor=floor)
+    key = f"{select_on}_auprc"
     ranking = ", ".join(f"{label} {row[key]:.3f}" for label, row in table.items())
-    out = {"mode": "auto", "chosen": chosen, "select_on": g.select_on, "table": table,
-           "summary": f"chose {chosen.label} by pooled tuning {g.select_on.upper()} AUPRC beyond the null draw's "
+    out = {"mode": "auto", "chosen": chosen, "select_on": select_on, "table": table,
+           "summary": f"chose {chosen.label} by pooled tuning {select_on.upper()} AUPRC beyond the null draw's "
                       f"noise{f' (at least the DP noise floor {floor:.3f})' if floor else ''} ({ranking})"}
     if dp_variance > 0:
         out["dp_noise_floor"] = floor

@@ -13,8 +13,9 @@
                          accountant history entries), epsilon from Opacus' RDP / PRV
                          accountants, noise multipliers solved for a target epsilon, budgets.
 * ``dp_scores``       -- the DP release of phases 3b / 4: the tuning / test score counts as one
-                         Gaussian mechanism each (sensitivity sqrt(K) for K histograms), the
-                         record-level metrics withheld.
+                         Gaussian mechanism each (sensitivity sqrt(K) for K histograms), TSTR
+                         only (nothing trained on raw training records), the record-level
+                         metrics withheld.
 * ``plan``            -- what a site will spend over a whole run (its DP schedule), from the
                          run config and the site's record counts.
 

@@ -9,17 +9,20 @@ post-processed from the noised counts or withheld.
 
 **Sensitivity.** Let the release hold K histograms H_1..H_K, each over the *scored split* S
 (the tuning split in phase 3b, the test split in phase 4): H_j[y_i, bin(f_j(x_i))] counts
-record i once. The classifiers f_j do not depend on S (under DP they are trained on the
-training split and/or synthetic records for a fixed ``evaluation.epochs``, with no early
-stopping on a real split, see ``dp_evaluation_config``). Adding or removing one record of S
-changes exactly one cell of every H_j by 1, so the stacked release moves by
+record i once. The classifiers f_j depend on no real record: under DP they are trained on
+synthetic records only (TSTR: sets sampled from the released models, post-processing) for a
+fixed ``evaluation.epochs``, with no early stopping on a real split (``dp_evaluation_config``).
+No classifier trained on the raw training split ("real", TSRTR) is scored under DP
+(``pipeline.selection.scored_modes``, ``pipeline.evaluation.evaluate_site``; the release
+functions refuse such histograms). Adding or removing one record of S changes exactly one cell
+of every H_j by 1 and a record outside S changes none, so the stacked release moves by
 
     ||Delta||_2 = sqrt(K)          (L1: K; coarse grouping of bins below does not change it)
 
 and H~ = H + N(0, sigma^2 K I) is the Gaussian mechanism with noise multiplier sigma: the
 Opacus history entry (sigma, 1.0, 1) (``score_entry``). K = candidates (incl. the null row)
-x 2 modes x tuning seeds in phase 3b; K = every (training set, evaluation seed[, ratio], test
-split) histogram in phase 4 (``count_histograms``).
+x tuning seeds (TSTR only) in phase 3b; K = every (synthetic set, evaluation seed, test split)
+TSTR histogram in phase 4 (``count_histograms``).
 
 **Post-processing** (free): before the noise, the 200 fine bins are grouped into
 ``DP_SCORE_BINS`` coarse bins of ``GROUP`` fine bins (the grid is public, so a record still
@@ -28,12 +31,10 @@ middle fine bin of their group, so the wire shape [2, 200] and the server's pool
 unchanged and the pooled AUROC / AUPRC are those of the coarse histograms. Per-run AUROC /
 AUPRC of a site are recomputed from its own noised histograms; the minority-class F1 (needs the
 per-record threshold), theta*'s test scores, the fidelity metrics (computed against the training
-records) and the membership attack (per-record distances) are withheld (NaN / absent).
-
-**What this does not cover.** The training split enters the TSRTR and "real" evaluation
-classifiers (trained on it without DP), so a *training* record's effect on these counts is not
-bounded by this mechanism; the reported epsilon of these two phases is for the records of the
-scored split (tuning / test). See docs/PRIVACY.md.
+records), the membership attack (per-record distances), the real training split's mean influence
+and every "real" / TSRTR row (trained on raw training records without DP-SGD; not computed) are
+withheld (NaN / absent). So the training records enter these two releases only through the
+released (DP) models, and the reported epsilon is the whole run's. See docs/PRIVACY.md.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ __all__ = [
 DP_SCORE_BINS = 20
 GROUP = SCORE_BINS // DP_SCORE_BINS  # fine bins per coarse bin
 SELECTION_RELEASE, EVALUATION_RELEASE = 3, 4  # noise-generator ids (phase-0 statistics use 1, 2)
-WITHHELD = ("minority_f1", "global_classifier", "fidelity", "membership", "context_fid")
+WITHHELD = ("minority_f1", "global_classifier", "fidelity", "membership", "context_fid", "real", "tsrtr",
+            "real_train")
 
 
 @dataclass(frozen=True)
@@ -106,16 +108,20 @@ def noise_histograms(histograms: np.ndarray, release: ScoreRelease) -> np.ndarra
 
 
 def selection_histograms(config) -> int:
-    """K of the phase-3b release: tuning rows (candidates + null row) x 2 modes x tuning seeds."""
-    from ..pipeline.selection import tuning_rows
+    """K of the phase-3b release: tuning rows (candidates + null row) x TSTR x tuning seeds."""
+    from ..pipeline.selection import DP_SELECT_MODES, tuning_rows
 
-    return len(tuning_rows(config)) * 2 * len(config.guidance.tuning_seeds)
+    return len(tuning_rows(config)) * len(DP_SELECT_MODES) * len(config.guidance.tuning_seeds)
 
 
 def release_candidate_scores(scores: dict[str, dict], release: ScoreRelease) -> tuple[dict[str, dict], int]:
-    """``score_candidates_at_site``'s result with every tuning histogram noised jointly (one
-    release of K histograms) and Context-FID withheld (NaN); returns (scores, K)."""
-    keys = [(label, mode) for label, row in scores.items() for mode in ("tsrtr", "tstr")]
+    """``score_candidates_at_site``'s result (scored under DP: TSTR only) with every tuning
+    histogram noised jointly (one release of K histograms) and Context-FID withheld (NaN); returns
+    (scores, K). Refuses a TSRTR histogram (its classifier trained on the raw training split)."""
+    if any("tsrtr" in row for row in scores.values()):
+        raise ValueError("DP selection release: TSRTR histograms depend on the raw training split; "
+                         "score TSTR only under DP (pipeline.selection.scored_modes)")
+    keys = [(label, "tstr") for label in scores]
     stacks = [np.asarray(scores[label][mode], dtype=np.int64).reshape(-1, 2, SCORE_BINS) for label, mode in keys]
     counts = [len(s) for s in stacks]
     noised = noise_histograms(np.concatenate(stacks), release)
@@ -131,10 +137,9 @@ def release_candidate_scores(scores: dict[str, dict], release: ScoreRelease) -> 
 
 
 def evaluation_histograms(config, synthetic_sets: int = 3, test_splits: int = 1) -> int:
-    """K of the phase-4 release: per test split and evaluation seed, TSTR of "real" and every
-    synthetic set plus TSRTR of every synthetic set at every ratio."""
-    e = config.evaluation
-    return test_splits * len(e.seeds) * ((1 + synthetic_sets) + synthetic_sets * len(e.tsrtr_ratios))
+    """K of the phase-4 release: per test split and evaluation seed, TSTR of every synthetic set
+    (no "real" or TSRTR row under DP)."""
+    return test_splits * len(config.evaluation.seeds) * synthetic_sets
 
 
 def _summaries(metrics: dict) -> Iterator[dict]:
@@ -155,8 +160,14 @@ def release_site_metrics(metrics: dict, release: ScoreRelease) -> tuple[dict, in
     """``evaluate_site``'s result as released under DP: all its score histograms noised jointly
     (one release of K histograms), each summary's per-run AUROC / AUPRC recomputed from its
     noised histograms (minority F1 NaN), theta*'s scores NaN, fidelity and membership withheld
-    ({}); test size, synthetic-record count and mean influence (functions of public sizes and
-    the synthetic sets) kept. Returns (metrics, K)."""
+    ({}); test size, synthetic-record count and the synthetic sets' mean influence (functions of
+    public sizes, the released models and the synthetic sets) kept. Returns (metrics, K). Refuses
+    a "real" or TSRTR summary (``evaluate_site`` computes none under DP) and drops the real
+    training split's mean influence."""
+    blocks = [metrics] + list(metrics.get("other_tests", {}).values())
+    if any("real" in b.get("tstr", {}) or any(b.get("tsrtr", {}).values()) for b in blocks):
+        raise ValueError("DP evaluation release: 'real' / TSRTR rows depend on the raw training split; "
+                         "evaluate TSTR only under DP (pipeline.evaluation.evaluate_site)")
     summaries = list(_summaries(metrics))
     stacks = [np.asarray(s["histograms"], dtype=np.int64).reshape(-1, 2, SCORE_BINS) for s in summaries]
     noised = noise_histograms(np.concatenate(stacks), release)
@@ -173,13 +184,14 @@ def release_site_metrics(metrics: dict, release: ScoreRelease) -> tuple[dict, in
     out["global_classifier"] = {key: float("nan") for key in metrics.get("global_classifier", {})}
     out["fidelity"] = {}
     out["membership"] = {}
+    out["influence"] = {k: v for k, v in metrics.get("influence", {}).items() if k != "real_train"}
     return out, len(noised)
 
 
 def dp_evaluation_config(config):
     """The run config the evaluation classifiers use under DP: no early stopping on a real split
-    (``evaluation.patience = 0``: a fixed ``evaluation.epochs``), so a scored split's records are the
-    only ones of that split the released counts depend on."""
+    (``evaluation.patience = 0``: a fixed ``evaluation.epochs``), so the released counts depend on
+    real records only through the scored split (the classifiers train on synthetic sets only)."""
     return replace(config, evaluation=replace(config.evaluation, patience=0))
 
 

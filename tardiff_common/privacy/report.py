@@ -25,7 +25,9 @@ from .config import PrivacyConfig
 __all__ = ["WITHHELD_UNDER_DP", "privacy_rows_of", "privacy_settings", "finite_epsilon"]
 
 WITHHELD_UNDER_DP = ("minority F1", "theta*'s test scores", "fidelity metrics", "membership-inference AUC",
-                     "candidates' Context-FID", "gradient-boosting baselines")
+                     "candidates' Context-FID", "gradient-boosting baselines",
+                     "real-only and TSRTR rows (and the tuning TSRTR scores; trained on raw training records "
+                     "without DP-SGD)", "the real training split's mean influence")
 
 
 def finite_epsilon(value) -> float | None:

@@ -7,6 +7,13 @@ import math
 __all__ = ["render_report", "format_score"]
 
 METRICS = ("auroc", "auprc", "minority_f1")
+# under DP (privacy_settings["dp_score_counts"]): the rows whose classifiers saw raw training records
+RAW_TRAINING_NOTE = "withheld under DP: trained on raw training records without DP-SGD"
+
+
+def _dp_withheld(metrics: dict) -> bool:
+    """Whether the run released DP score counts only (no "real" / TSRTR rows, ``privacy.dp_scores``)."""
+    return bool((metrics.get("privacy_settings") or {}).get("dp_score_counts"))
 
 
 def format_score(scores: dict, metric: str) -> str:
@@ -58,7 +65,7 @@ def _paired_rows(paired: dict) -> list[str]:
     return _score_table(rows, first_col="difference")
 
 
-def _selection_section(selection: dict) -> list[str]:
+def _selection_section(selection: dict, dp_withheld: bool = False) -> list[str]:
     """The tuning-split table of the guidance candidates and the choice."""
     if not selection:
         return []
@@ -83,6 +90,8 @@ def _selection_section(selection: dict) -> list[str]:
         lines.append(f"| {label}{mark} | {cell(row.get('influence'))} | {cell(row.get('context_fid'))} | "
                      f"{cell(row.get('tsrtr_auprc'))} | "
                      f"{cell(row.get('tsrtr_auroc'))} | {cell(row.get('tstr_auprc'))} | {cell(row.get('tstr_auroc'))} |")
+    if dp_withheld:
+        lines += ["", f"TSRTR scores and Context-FID: {RAW_TRAINING_NOTE} (or against them); chosen on TSTR."]
     return lines
 
 
@@ -155,10 +164,16 @@ def render_report(metrics: dict, *, title: str, figures: list[str]) -> str:
         "",
     ]
     lines += _score_table(metrics["tstr"])
+    dp_withheld = _dp_withheld(metrics)
+    if dp_withheld:
+        lines.append(f"| real | {RAW_TRAINING_NOTE} | | |")
     if metrics.get("tsrtr"):
         lines += ["", "## TSRTR: real + synthetic (ratio x real size), test on real", ""]
         rows = {f"real + {name} x{ratio}": s for name, by_ratio in metrics["tsrtr"].items() for ratio, s in by_ratio.items()}
         lines += _score_table(rows)
+    elif dp_withheld:
+        lines += ["", "## TSRTR: real + synthetic (ratio x real size), test on real", "",
+                  f"All TSRTR rows {RAW_TRAINING_NOTE}."]
     pooled = (metrics.get("histogram_pooled") or {}) if federated else {}  # one "site" centrally: the same test split
     if pooled.get("tstr"):
         lines += ["", "## Pooled over sites from score histograms", "",
@@ -167,12 +182,14 @@ def render_report(metrics: dict, *, title: str, figures: list[str]) -> str:
                   ""]
         lines += _score_table({f"TSTR {k}": v for k, v in pooled["tstr"].items()})
     lines += _paired_section(metrics.get("paired") or {}, federated)
+    if dp_withheld and (metrics.get("paired") or {}).get("tstr"):
+        lines += ["", f"Paired differences with a real-only or TSRTR side: {RAW_TRAINING_NOTE}."]
     if pooled.get("paired"):
         lines += ["", "Paired differences of the histogram-pooled scores:", ""]
         lines += _paired_rows(pooled["paired"])
     lines += _benchmark_section(metrics)
     lines += _external_section(metrics.get("external") or {})
-    lines += _selection_section(metrics.get("selection") or {})
+    lines += _selection_section(metrics.get("selection") or {}, dp_withheld)
     infl = metrics.get("influence")
     if infl:
         lines += [

@@ -48,9 +48,21 @@ def test_centralized_dp_changes_the_outputs_and_reports_the_accountants_epsilon(
     assert set(rows) == {"normalization", "classifier", "influence", "diffusion", "selection", "evaluation", "total"}
     assert all(r["site"] == "pooled" and r["dp"] for r in rows.values())
     assert rows["total"]["covers"] == "normalization+classifier+influence+diffusion+selection+evaluation"
-    # phase 4 under DP: every test split's counts in one release (pooled + 2 hospitals: K = 3 x 7)
-    assert rows["evaluation"]["clip"] == pytest.approx(21 ** 0.5) and rows["evaluation"]["sigma"] == 1.5
+    # phase 4 under DP: every test split's TSTR counts in one release (pooled + 2 hospitals: K = 3 x 3 sets)
+    assert rows["evaluation"]["clip"] == pytest.approx(9 ** 0.5) and rows["evaluation"]["sigma"] == 1.5
     assert dp["membership"] == {} and dp["baselines"]["gbm"] == {}
+    # nothing trained on the raw training records is released: no real-only row, no TSRTR, TSTR kept
+    assert "real" not in dp["tstr"] and dp["tsrtr"] == {} and dp["site_weighted"]["tsrtr"] == {}
+    assert "real" not in dp["site_weighted"]["tstr"] and "tardiff" in dp["tstr"]
+    assert all("real" not in v["tstr"] for v in dp["per_site_test"].values())
+    assert "real_train" not in dp["influence"] and "real_train" in plain["influence"]
+    assert "tardiff - unguided" in dp["paired"]["tstr"] and "tardiff - real" not in dp["paired"]["tstr"]
+    assert "real" in plain["tstr"] and plain["tsrtr"]
+    report = (tmp_path / "dp" / "report.md").read_text()
+    assert "| real | withheld under DP: trained on raw training records without DP-SGD |" in report
+    assert "All TSRTR rows withheld under DP: trained on raw training records without DP-SGD." in report
+    plain_report = (tmp_path / "plain" / "report.md").read_text()
+    assert "withheld under DP" not in plain_report
     assert rows["influence"]["sigma"] == 1.5 and rows["classifier"]["sigma"] == 1.0
     assert dp["privacy_settings"]["dp_sgd_diffusion"] is True
     # epsilon = an Opacus accountant stepped through every release of the run

@@ -3,6 +3,7 @@ metrics, no record-shaped release, DP off unchanged, and the guidance choice und
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -14,7 +15,7 @@ from server.privacy import query_private
 from tardiff_common import protocol as P
 from tardiff_common.metrics.histogram_auc import SCORE_BINS, auroc_from_histogram, score_histogram
 from tardiff_common.pipeline.config import preset
-from tardiff_common.pipeline.selection import NULL_LABEL, selection_from_scores, tuning_rows
+from tardiff_common.pipeline.selection import NULL_LABEL, scored_modes, selection_from_scores, tuning_rows
 from tardiff_common.pipeline.validation import site_plan_problems
 from tardiff_common.privacy.accounting import epsilon_of
 from tardiff_common.privacy.dp_scores import (
@@ -66,27 +67,30 @@ def test_ledger_entry_states_the_sensitivity():
     assert (entry.noise_multiplier, entry.sample_rate, entry.steps, entry.clip) == (2.0, 1.0, 1, 3.0)
 
 
-def site_metrics(rng, sets=("tardiff", "unguided", "unguided_2"), seeds=1, ratios=("1",)) -> dict:
+def site_metrics(rng, sets=("tardiff", "unguided", "unguided_2"), seeds=1, ratios=("1",), *, raw=False) -> dict:
+    """An ``evaluate_site`` result as computed under DP (TSTR of the synthetic sets only); ``raw``:
+    with the "real" and TSRTR rows of a run without DP."""
     def summary():
         hist = histograms_of(rng, seeds)
         return {"auroc": 0.7, "auprc": 0.5, "minority_f1": 0.4, "ci95": {}, "values": {"auroc": [0.7] * seeds},
                 "runs": seeds, "histograms": hist.reshape(-1).tolist()}
-    return {"tstr": {m: summary() for m in ("real", *sets)},
-            "tsrtr": {m: {r: summary() for r in ratios} for m in sets},
+    return {"tstr": {m: summary() for m in (("real",) if raw else ()) + tuple(sets)},
+            "tsrtr": {m: {r: summary() for r in ratios} for m in sets} if raw else {},
             "global_classifier": {"auroc": 0.8, "auprc": 0.6, "minority_f1": 0.5},
             "fidelity": {"tardiff": {"discriminative": 0.1}}, "membership": {"tardiff": {"mia_auc": 0.5}},
-            "test_size": 40, "influence": {"tardiff": 1.0}, "synthetic-records": 90}
+            "test_size": 40, "influence": {"tardiff": 1.0, "real_train": 0.3}, "synthetic-records": 90}
 
 
 def test_evaluation_release_noises_counts_and_withholds_record_level_metrics():
     config = preset("tiny").with_overrides(DP)
     metrics = site_metrics(np.random.default_rng(0))
     k = count_histograms(metrics)
-    assert k == evaluation_histograms(config) == 7  # tstr real + 3 sets, tsrtr 3 sets x 1 ratio, 1 seed
+    assert k == evaluation_histograms(config) == 3  # TSTR of 3 synthetic sets, 1 seed: no "real", no TSRTR
     out, released_k = release_site_metrics(metrics, release(1.0, 0))
     assert released_k == k
     assert out["fidelity"] == {} and out["membership"] == {}
     assert all(math.isnan(v) for v in out["global_classifier"].values())
+    # the real training split's mean influence is a function of training records: dropped
     assert (out["test_size"], out["synthetic-records"], out["influence"]) == (40, 90, {"tardiff": 1.0})
     summary = out["tstr"]["tardiff"]
     hist = np.asarray(summary["histograms"]).reshape(-1, 2, SCORE_BINS)
@@ -99,21 +103,48 @@ def test_evaluation_release_noises_counts_and_withholds_record_level_metrics():
     assert again["tstr"]["tardiff"]["histograms"] != summary["histograms"]
 
 
-def test_selection_release_noises_every_tuning_histogram():
+def test_releases_refuse_histograms_of_classifiers_trained_on_raw_training_records():
+    """A "real" or TSRTR row (or a tuning TSRTR histogram) depends on the training split without
+    DP-SGD: the DP release functions refuse it instead of noising it."""
+    with pytest.raises(ValueError, match="raw training split"):
+        release_site_metrics(site_metrics(np.random.default_rng(0), raw=True), release(1.0, 0))
+    other = site_metrics(np.random.default_rng(0))
+    other["other_tests"] = {"external": {"tstr": {"tardiff": other["tstr"]["tardiff"]},
+                                         "tsrtr": {"tardiff": {"1": other["tstr"]["tardiff"]}}}}
+    with pytest.raises(ValueError, match="raw training split"):
+        release_site_metrics(other, release(1.0, 0))
     config = preset("tiny").with_overrides(DP)
     rng = np.random.default_rng(1)
     seeds = len(config.guidance.tuning_seeds)
     scores = {label: {"form": c.form, "scale": c.scale, "influence": 0.5, "context_fid": 3.0,
                       "tsrtr": histograms_of(rng, seeds).tolist(), "tstr": histograms_of(rng, seeds).tolist()}
               for label, c, _ in tuning_rows(config)}
+    with pytest.raises(ValueError, match="raw training split"):
+        release_candidate_scores(scores, release(1.0, 0))
+
+
+def test_selection_release_noises_every_tuning_histogram():
+    config = preset("tiny").with_overrides(DP)
+    rng = np.random.default_rng(1)
+    seeds = len(config.guidance.tuning_seeds)
+    scores = {label: {"form": c.form, "scale": c.scale, "influence": 0.5, "context_fid": float("nan"),
+                      "tstr": histograms_of(rng, seeds).tolist()}
+              for label, c, _ in tuning_rows(config)}
     out, k = release_candidate_scores(scores, release(2.0, 0))
-    assert k == selection_histograms(config) == len(tuning_rows(config)) * 2 * seeds
+    assert k == selection_histograms(config) == len(tuning_rows(config)) * seeds  # TSTR only
     assert all(math.isnan(r["context_fid"]) and r["influence"] == 0.5 for r in out.values())
     for label in scores:
+        assert "tsrtr" not in out[label]
         assert np.asarray(out[label]["tstr"]).shape == (seeds, 2, SCORE_BINS)
         assert out[label]["tstr"] != scores[label]["tstr"]
-    record = P.encode_candidate_scores(out)  # the wire form still decodes
-    P.decode_candidate_scores(record, tuning_rows(config), seeds, SCORE_BINS)
+    record = P.encode_candidate_scores(out)  # the wire form still decodes, with TSTR only
+    assert not any(name.endswith("/tsrtr") for name in record)
+    decoded = P.decode_candidate_scores(record, tuning_rows(config), seeds, SCORE_BINS, scored_modes(config))
+    assert all(set(row) >= {"tstr"} and "tsrtr" not in row for row in decoded.values())
+    with pytest.raises(ValueError, match="no tsrtr counts"):  # the server's decoder without DP wants both
+        P.decode_candidate_scores(record, tuning_rows(config), seeds, SCORE_BINS, scored_modes(preset("tiny")))
+    chosen = selection_from_scores([out], config)  # pooled and chosen on TSTR
+    assert chosen["select_on"] == "tstr" and "tsrtr_auprc" not in chosen["table"]["unguided"]
 
 
 def test_plan_and_ledger_include_the_new_releases():
@@ -191,8 +222,8 @@ def tuning_scores(rng, config, n: int, better: float) -> dict:
             y = (rng.random(n) < 0.3).astype(int)
             hists.append(score_histogram(y, np.clip(sep * y + rng.random(n) * (1 - sep), 0, 1)))
         h = np.stack(hists)
-        out[label] = {"form": c.form, "scale": c.scale, "influence": 0.0, "context_fid": 1.0,
-                      "tsrtr": h[:seeds].tolist(), "tstr": h[seeds:].tolist()}
+        out[label] = {"form": c.form, "scale": c.scale, "influence": 0.0, "context_fid": float("nan"),
+                      "tstr": h[seeds:].tolist()}
     return out
 
 
@@ -233,8 +264,8 @@ def test_a_noised_tuning_reply_with_its_privacy_report_fits_the_wire_schema():
     config = preset("tiny").with_overrides(DP)
     rng = np.random.default_rng(2)
     seeds = len(config.guidance.tuning_seeds)
-    scores = {label: {"form": c.form, "scale": c.scale, "influence": 0.5, "context_fid": 3.0,
-                      "tsrtr": histograms_of(rng, seeds).tolist(), "tstr": histograms_of(rng, seeds).tolist()}
+    scores = {label: {"form": c.form, "scale": c.scale, "influence": 0.5, "context_fid": float("nan"),
+                      "tstr": histograms_of(rng, seeds).tolist()}
               for label, c, _ in tuning_rows(config)}
     noised, k = release_candidate_scores(scores, release(1.0, 0))
     policy = SiteLedger(config, "hospital_a", 75)
@@ -249,5 +280,108 @@ def test_a_noised_tuning_reply_with_its_privacy_report_fits_the_wire_schema():
                        reply_to=query)
 
     assert schema_problems(schema, tune_reply(privacy)) == []
+    raw = {"tuning/0/tsrtr": [0] * (seeds * 2 * SCORE_BINS)}  # a TSRTR list has no place in a DP reply
+    assert any("no list is declared" in p for p in schema_problems(schema, tune_reply(raw)))
     flood = {f"privacy/x/{i}": 0.0 for i in range(MAX_PRIVACY_SCALARS + 1)}
     assert any("privacy metrics" in p for p in schema_problems(schema, tune_reply(flood)))
+
+
+# ----------------------------------------------------------------------------- the releases ignore the training split
+
+
+def _site(rng, n_train: int = 40, channels: int = 3, length: int = 16):
+    """Random normalized splits of one site ([N, C, L] float32, labels int64)."""
+    from tardiff_common.pipeline.phases import NormalizedSplits
+
+    def split(n):
+        x = rng.uniform(-1, 1, (n, channels, length)).astype(np.float32)
+        y = (rng.random(n) < 0.3).astype(np.int64)
+        y[:2] = (0, 1)
+        return x, y
+    parts = [split(n) for n in (n_train, 12, 30, 30)]
+    return NormalizedSplits("h", tuple(f"c{i}" for i in range(channels)), *(a for part in parts for a in part))
+
+
+def _other_training_records(data, rng):
+    """The same site with other training records (same size): values redrawn, labels flipped."""
+    import dataclasses
+
+    return dataclasses.replace(data, train_x=rng.uniform(-1, 1, data.train_x.shape).astype(np.float32),
+                               train_y=(1 - data.train_y).astype(np.int64))
+
+
+def _fixed_models(config, data):
+    from tardiff_common.pipeline.phases import SamplingModels, new_classifier, new_unet
+
+    device = torch.device("cpu")
+    classifier = new_classifier(config, data.in_channels, device)
+    size = sum(p.numel() for p in classifier.parameters())
+    direction = torch.randn(size, generator=torch.Generator().manual_seed(0))
+    return SamplingModels(new_unet(config, data.in_channels, device).eval(), classifier.eval(), direction / direction.norm())
+
+
+def _tiny(**overrides):
+    return preset("tiny").with_overrides({"evaluation.seeds": "0", "guidance.tuning-seeds": "0",
+                                          "guidance.candidates": "paper:10", **overrides})
+
+
+def test_dp_selection_release_does_not_depend_on_the_training_split():
+    """Phase 3b under DP, models fixed: other training records (values and labels) give the very
+    same release with the same noise seed -- TSTR only, no Context-FID against them, K = rows x
+    seeds. Without DP the TSRTR counts do change (the check can fail)."""
+    from tardiff_common.pipeline.selection import score_candidates_at_site
+    from tardiff_common.privacy.dp_scores import dp_evaluation_config
+
+    rng = np.random.default_rng(0)
+    config = dp_evaluation_config(_tiny(**DP))
+    data = _site(rng)
+    other = _other_training_records(data, rng)
+    models = _fixed_models(config, data)
+
+    def released(d):
+        scores = score_candidates_at_site(models, d, config, site_index=0)
+        assert all(set(row) & {"tsrtr", "tstr"} == {"tstr"} and math.isnan(row["context_fid"])
+                   for row in scores.values())
+        return release_candidate_scores(scores, release(1.0, 5))
+
+    (a, k), (b, _) = released(data), released(other)
+    assert k == selection_histograms(config) == len(tuning_rows(config))
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN-aware: bit-identical
+    plain = _tiny()
+    raw_a = score_candidates_at_site(_fixed_models(plain, data), data, plain, site_index=0)
+    raw_b = score_candidates_at_site(_fixed_models(plain, data), other, plain, site_index=0)
+    assert any(raw_a[label]["tsrtr"] != raw_b[label]["tsrtr"] for label in raw_a)
+
+
+def test_dp_evaluation_release_does_not_depend_on_the_training_split():
+    """Phase 4 under DP, models and synthetic sets fixed: other training records give the very same
+    release with the same noise seed (no "real" row, no TSRTR, no fidelity / membership, no
+    real-train influence; K = TSTR histograms); without DP the "real" and TSRTR rows change."""
+    from tardiff_common.pipeline.evaluation import evaluate_site
+    from tardiff_common.privacy.dp_scores import dp_evaluation_config
+
+    rng = np.random.default_rng(1)
+    config = dp_evaluation_config(_tiny(**DP))
+    data = _site(rng)
+    other = _other_training_records(data, rng)
+    models = _fixed_models(config, data)
+    unguided = (rng.uniform(-1, 1, (40, 3, 16)).astype(np.float32), (np.arange(40) % 2).astype(np.int64))
+    synthetic = {"unguided": unguided, "unguided_2": (unguided[0][::-1].copy(), unguided[1][::-1].copy()),
+                 "tardiff": unguided}
+    influence = {"unguided": 0.1, "unguided_2": 0.2, "tardiff": 0.1}
+
+    def released(d, cfg=config):
+        metrics = evaluate_site(models.classifier, synthetic, d, cfg, site_index=0, influence=dict(influence),
+                                other_tests={"external": (d.test_x[:20], d.test_y[:20])})
+        return metrics if not cfg.privacy.any_dp else release_site_metrics(metrics, release(1.0, 5))
+
+    (a, k), (b, _) = released(data), released(other)
+    assert "real" not in a["tstr"] and a["tsrtr"] == {} and a["other_tests"]["external"]["tsrtr"] == {}
+    assert a["fidelity"] == {} and a["membership"] == {}
+    assert k == evaluation_histograms(config, test_splits=2) == count_histograms(a)
+    assert json.dumps(P.flatten_metrics(a), sort_keys=True) == json.dumps(P.flatten_metrics(b), sort_keys=True)
+    plain = _tiny()
+    raw_a, raw_b = released(data, plain), released(other, plain)
+    assert raw_a["tstr"]["real"]["histograms"] != raw_b["tstr"]["real"]["histograms"]
+    assert raw_a["tsrtr"]["tardiff"] != raw_b["tsrtr"]["tardiff"]
+    assert raw_a["tstr"]["tardiff"]["histograms"] == raw_b["tstr"]["tardiff"]["histograms"]  # TSTR: no training split

@@ -89,9 +89,9 @@ def test_dp_run_with_secure_aggregation_end_to_end(tmp_path):
             row = rows[(site, phase)]
             assert row["delta"] == 1e-5 and row["sigma"] > 0 and row["epsilon"] < total
             assert row["clip"] == pytest.approx(next(e.clip for e in ledger.entries if e.phase == phase))
-        # sensitivity sqrt(K): K = the released histograms (4 tuning rows x 2 modes x 2 seeds; 7 in phase 4)
-        assert rows[(site, "selection")]["clip"] == pytest.approx(4.0)
-        assert rows[(site, "evaluation")]["clip"] == pytest.approx(math.sqrt(7))
+        # sensitivity sqrt(K): K = the released histograms, TSTR only (4 tuning rows x 2 seeds; 3 sets in phase 4)
+        assert rows[(site, "selection")]["clip"] == pytest.approx(math.sqrt(8))
+        assert rows[(site, "evaluation")]["clip"] == pytest.approx(math.sqrt(3))
     report = (run_dir / "report.md").read_text()
     assert "## Privacy" in report and "| hospital_c | influence |" in report and "SecAgg+" in report
     saved = json.loads((run_dir / "metrics.json").read_text())
@@ -104,6 +104,13 @@ def test_dp_run_with_secure_aggregation_end_to_end(tmp_path):
         f1 = site_metrics["tstr"]["tardiff"]["minority_f1"]
         assert f1 is None or math.isnan(f1)
     assert 0.0 <= saved["histogram_pooled"]["tstr"]["tardiff"]["auroc"] <= 1.0
+    # nothing trained on the raw training records is released: TSTR rows only, chosen on TSTR
+    assert "real" not in saved["tstr"] and saved["tsrtr"] == {} and saved["histogram_pooled"]["tsrtr"] == {}
+    assert all("real" not in m["tstr"] and not m.get("tsrtr") and "real_train" not in m["influence"]
+               for m in saved["sites"].values())
+    assert saved["selection"]["select_on"] == "tstr"
+    assert all("tsrtr_auprc" not in row for row in saved["selection"]["candidates"].values())
+    assert "| real | withheld under DP: trained on raw training records without DP-SGD |" in report
 
     # the server only ever saw masked vectors in the influence phase
     influence = [json.loads(line) for line in (run_dir / "audit.jsonl").read_text().splitlines()
