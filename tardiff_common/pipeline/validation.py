@@ -10,6 +10,8 @@ ServerApp (before phase 0) and the ClientApp all check the same rules without as
 * cross-field rules: DDIM's ``sampling.num-inference-steps`` <= ``diffusion.num-steps``;
   ``federation.min-sites`` <= ``federation.num-sites`` (when known);
   ``privacy.target-epsilon`` <= ``privacy.max-epsilon``; DP-SGD is not combined with FedProx;
+  with any DP mechanism on, ``generation.label-mode`` must be "balanced" ("prevalence" would
+  release the training split's exact positive rate through the synthetic sets);
 * privacy plan: without DP-SGD every DP release (phase-0 statistics, gradient sum) is one
   Gaussian step with q = 1, so the site's plan (``privacy.plan.plan_site``) needs no data: its
   sigma is solved once with Opacus' accountant, and an unreachable target or a plan above
@@ -205,6 +207,12 @@ def _privacy(c: RunConfig) -> Iterator[Problem]:
                       "do not include the proximal term)")
     if not p.any_dp:
         return
+    if c.generation.label_mode == "prevalence":
+        # The label mix would be the training split's exact positive rate, a non-DP statistic that
+        # shapes every released synthetic-set score.
+        yield Problem("generation.label-mode",
+                      "'prevalence' reads the training split's exact positive rate, which no DP mechanism "
+                      "covers; with differential privacy on use generation.label-mode = 'balanced'")
     if not p.dp_sgd:
         # Without DP-SGD every release (phase-0 statistics, gradient sum) is one Gaussian step on
         # the whole split, q = 1: the plan needs no data, so it is solved exactly, once.

@@ -108,6 +108,23 @@ def test_reachable_target_epsilon_passes():
     assert config.privacy.target_epsilon == 1.0
 
 
+@pytest.mark.parametrize("dp", [{"privacy.gradient-sum-dp": True}, {"privacy.dp-sgd-classifier": True},
+                                {"privacy.dp-sgd-diffusion": True}], ids=["sum", "dp-sgd-classifier", "dp-sgd-diffusion"])
+def test_prevalence_label_mode_is_refused_under_dp(dp):
+    """The training split's exact positive rate would shape every released synthetic-set score."""
+    found = problems_of({**dp, "privacy.noise-multiplier": 1.0, "privacy.sgd-noise-multiplier": 1.0,
+                         "generation.label-mode": "prevalence"})
+    assert list(found) == ["generation.label-mode"]
+    assert "'balanced'" in found["generation.label-mode"]
+    balanced = RunConfig().with_overrides({**dp, "privacy.noise-multiplier": 1.0, "privacy.sgd-noise-multiplier": 1.0,
+                                           "generation.label-mode": "balanced"})
+    assert balanced.generation.label_mode == "balanced"
+
+
+def test_prevalence_label_mode_is_allowed_without_dp():
+    assert RunConfig().with_overrides({"generation.label-mode": "prevalence"}).generation.label_mode == "prevalence"
+
+
 def _site(name: str, n: int, channels: int) -> SiteData:
     rng = np.random.default_rng(0)
     y = np.arange(n) % 2
