@@ -79,7 +79,7 @@ app = ClientApp()
 
 def _normalized(site: Site, msg: Message) -> phases.NormalizedSplits:
     normalizer = normalizer_from_numpy(P.from_array_record(msg.content[P.NORMALIZER]))
-    return phases.normalize_splits(site.splits, normalizer)
+    return phases.normalize_splits(phases.impute_after_phase0(site.splits, site.config, normalizer), normalizer)
 
 
 def _classifier(site: Site, arrays: dict[str, np.ndarray]) -> torch.nn.Module:
@@ -286,7 +286,8 @@ def secure_influence(msg: Message, context: Context) -> Message:
     classifier = dict(zip(cls_names, arrays[: len(cls_names)], strict=True))
     normalizer = dict(zip(norm_names, arrays[len(cls_names):], strict=True))
     site = load_site(context)
-    data = phases.normalize_splits(site.splits, normalizer_from_numpy(normalizer))
+    normalizer = normalizer_from_numpy(normalizer)
+    data = phases.normalize_splits(phases.impute_after_phase0(site.splits, site.config, normalizer), normalizer)
     with _site_ledger(site, context, P.spent_ops(cfg.get(P.PRIVACY_SPENT, ""))) as policy:
         g_sum, extra = _site_gradient_sum(site, policy, data, _classifier(site, classifier))
     scale = float(cfg["scale"])
@@ -399,8 +400,9 @@ def generate(msg: Message, context: Context) -> Message:
     )
     external = load_site_external(site)
     other_tests = None
-    if external is not None:  # the site's medians and the global normalizer: training statistics only
-        external, external_x = transform_external(external, site.splits.train, normalizer)
+    if external is not None:  # the site's medians (under DP: the normalizer's) and the global normalizer
+        external, external_x = transform_external(external, site.splits.train, normalizer,
+                                                  dp=site.config.privacy.any_dp)
         other_tests = {EXTERNAL: (external_x, external.y)}
     with _site_ledger(site, context, _spent(msg)) as policy:
         planned = policy.planned("evaluation", "evaluation")

@@ -14,6 +14,16 @@ Entries with ``mask`` True are never changed, and neither is ``mask``. In a fede
 site fits ``v`` on its own training split (the site owns the statistic); the centralized run
 fits it per site too, and on the pooled training split for an external cohort.
 
+**Under differential privacy** (``privacy.any_dp``) the medians above are a statistic of raw
+training records that would enter the DP-SGD inputs of *other* records and the released test
+scores, which no mechanism accounts. So under DP the fill values depend on no raw record: they are
+a post-processing of the phase-0 DP release, read off the normalizer fitted on it
+(``normalizer_fill_values``: the value the normalizer maps to the centre 0 of the model scale --
+for "pit" the median of the merged DP value histogram as its CDF reads it, for "zscore" the DP
+mean), and imputation happens after phase 0 (``pipeline.phases.prepare_splits`` leaves the splits
+unimputed, ``pipeline.phases.impute_after_phase0`` fills them). Phase 0 itself never sees a fill
+value: its statistics count ``mask``-observed entries only.
+
 Shapes: ``x`` float32 [N, C, L], ``mask`` bool [N, C, L], fill values float32 [C].
 """
 
@@ -24,8 +34,9 @@ from dataclasses import replace
 import numpy as np
 
 from .contract import SiteData, SiteSplits
+from .normalize import Normalizer
 
-__all__ = ["fit_fill_values", "apply_fill_values", "impute_splits"]
+__all__ = ["fit_fill_values", "apply_fill_values", "impute_splits", "normalizer_fill_values", "fill_splits"]
 
 
 def fit_fill_values(train: SiteData) -> np.ndarray:
@@ -67,7 +78,19 @@ def apply_fill_values(site: SiteData, values: np.ndarray) -> SiteData:
     return replace(site, x=x, meta={**site.meta, "fill_values": dict(zip(site.channels, values.tolist()))})
 
 
+def fill_splits(splits: SiteSplits, values: np.ndarray) -> SiteSplits:
+    """All four splits with ``values`` [C] applied (``apply_fill_values``)."""
+    return SiteSplits(*(apply_fill_values(part, values) for part in splits.parts().values()))
+
+
 def impute_splits(splits: SiteSplits) -> SiteSplits:
     """Fit the fill values on ``splits.train`` and apply them to all four splits."""
-    values = fit_fill_values(splits.train)
-    return SiteSplits(*(apply_fill_values(part, values) for part in splits.parts().values()))
+    return fill_splits(splits, fit_fill_values(splits.train))
+
+
+def normalizer_fill_values(normalizer: Normalizer, num_channels: int) -> np.ndarray:
+    """The DP fill values [C]: ``normalizer.inverse_transform(0)`` per channel, a function of the
+    normalizer alone (so of the phase-0 release it was fitted on, never of a record). For the PIT
+    normalizer this is the median of its histogram: the x where the piecewise-linear CDF is 1/2."""
+    centre = np.zeros((1, num_channels, 1), dtype=np.float32)
+    return np.asarray(normalizer.inverse_transform(centre), dtype=np.float32)[0, :, 0]

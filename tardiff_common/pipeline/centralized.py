@@ -49,6 +49,7 @@ from .phases import (
     NormalizedSplits,
     SamplingModels,
     generate_synthetic_sets,
+    impute_after_phase0,
     local_histogram,
     local_moments,
     normalize_splits,
@@ -88,7 +89,9 @@ def pooled_data(config: RunConfig, sites: list[SiteData], *, privacy: SiteLedger
     """(per-site splits, pooled splits, normalizer, pooled splits on the model scale): each site
     split, its training moments and histogram summed as in phase 0, the normalizer fitted on them.
     With a ``privacy`` ledger that has DP on, the pooled data holder releases both statistics
-    noised instead (``privacy.dp_statistics``), each recorded in the ledger."""
+    noised instead (``privacy.dp_statistics``), each recorded in the ledger. Under DP the
+    never-observed channels are imputed only now, from the normalizer (``phases.impute_after_phase0``),
+    so the returned splits carry no training-record median."""
     splits = [prepare_splits(site, config) for site in sites]
     pooled = pool_splits(splits)
     if len(np.unique(pooled.train.y)) < 2:
@@ -99,6 +102,9 @@ def pooled_data(config: RunConfig, sites: list[SiteData], *, privacy: SiteLedger
         moments = sum((local_moments(s) for s in splits[1:]), local_moments(splits[0]))
         histogram = sum((local_histogram(s, moments) for s in splits[1:]), local_histogram(splits[0], moments))
     normalizer = make_normalizer(config.data.normalizer, moments, histogram)
+    if config.privacy.any_dp:  # never-observed channels: filled from the phase-0 release (data/impute.py)
+        splits = [impute_after_phase0(s, config, normalizer) for s in splits]
+        pooled = pool_splits(splits)
     return splits, pooled, normalizer, normalize_splits(pooled, normalizer)
 
 
@@ -204,7 +210,8 @@ def run_centralized(
         splits, pooled, normalizer, data = pooled_data(config, sites, privacy=ledger)
         per_site = [normalize_splits(s, normalizer) for s in splits]
         if external is not None:  # imputed and normalized with training statistics only
-            external, external_x = transform_external(external, pooled.train, normalizer)
+            external, external_x = transform_external(external, pooled.train, normalizer,
+                                                          dp=config.privacy.any_dp)
     log(f"[data] {len(sites)} site(s), {len(data.train_y)} train / {len(data.guidance_y)} guidance / "
         f"{len(data.tuning_y)} tuning / {len(data.test_y)} test records, {data.in_channels} channels x "
         f"{data.length} steps")

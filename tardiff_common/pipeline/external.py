@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.contract import SiteData, concat_sites
-from ..data.impute import apply_fill_values, fit_fill_values
+from ..data.impute import apply_fill_values, fit_fill_values, normalizer_fill_values
 from ..data.loading import load_external_for
 from ..data.normalize import Normalizer
 from ..metrics.paired import paired_tables
@@ -76,10 +76,14 @@ def load_external_cohort(data_config, path: str, train_sites: list[SiteData], *,
     return cohort
 
 
-def transform_external(cohort: SiteData, train: SiteData, normalizer: Normalizer) -> tuple[SiteData, np.ndarray]:
+def transform_external(cohort: SiteData, train: SiteData, normalizer: Normalizer, *,
+                       dp: bool = False) -> tuple[SiteData, np.ndarray]:
     """(cohort imputed with ``train``'s medians, its values on the model scale [N, C, L]): training
-    statistics only, none of the cohort's own."""
-    imputed = apply_fill_values(cohort, fit_fill_values(train))
+    statistics only, none of the cohort's own. With ``dp`` (any DP mechanism on) the fill values
+    are the normalizer's (``data.impute.normalizer_fill_values``), a post-processing of the
+    phase-0 DP release, not the training records' medians."""
+    values = normalizer_fill_values(normalizer, cohort.num_channels) if dp else fit_fill_values(train)
+    imputed = apply_fill_values(cohort, values)
     return imputed, normalizer.transform(imputed.x)
 
 

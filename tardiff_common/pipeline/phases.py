@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..data.contract import SiteData, SiteSplits, stratified_split, validate_site
-from ..data.impute import impute_splits
+from ..data.impute import fill_splits, impute_splits, normalizer_fill_values
 from ..data.normalize import (
     ChannelHistogram,
     ChannelMoments,
@@ -57,6 +57,7 @@ __all__ = [
     "NormalizedSplits",
     "resolve_device",
     "prepare_splits",
+    "impute_after_phase0",
     "local_moments",
     "local_histogram",
     "normalize_splits",
@@ -112,7 +113,9 @@ def resolve_device(name: str) -> torch.device:
 def prepare_splits(site: SiteData, config: RunConfig) -> SiteSplits:
     """Validate the contract (one class is allowed per site) and split it stratified into train /
     guidance / tuning / test (``data.split-fractions``); channels a record never observed are filled
-    with the medians of this site's training split only."""
+    with the medians of this site's training split only. Under DP (``privacy.any_dp``) they are left
+    as the loader set them (phase 0 counts observed entries only) and filled after phase 0 by
+    ``impute_after_phase0`` from the DP release (data/impute.py)."""
     site = validate_site(site, require_both_classes=False)
     if site.num_records < config.data.min_site_records:
         raise ValueError(
@@ -120,7 +123,18 @@ def prepare_splits(site: SiteData, config: RunConfig) -> SiteSplits:
             f"data.min-site-records = {config.data.min_site_records}"
         )
     splits = stratified_split(site, fractions=config.data.split_fractions, seed=config.data.split_seed)
+    if config.privacy.any_dp:
+        return splits  # imputed after phase 0 from its DP release: impute_after_phase0
     return impute_splits(splits)  # never-observed channels: the site's training medians (data/impute.py)
+
+
+def impute_after_phase0(splits: SiteSplits, config: RunConfig, normalizer: Normalizer) -> SiteSplits:
+    """The splits the models see: under DP, never-observed channels filled with
+    ``normalizer_fill_values`` (a post-processing of the phase-0 DP release); without DP
+    ``prepare_splits`` already imputed them, and ``splits`` is returned as it is."""
+    if not config.privacy.any_dp:
+        return splits
+    return fill_splits(splits, normalizer_fill_values(normalizer, splits.train.num_channels))
 
 
 def local_moments(splits: SiteSplits) -> ChannelMoments:
