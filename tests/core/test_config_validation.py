@@ -1,7 +1,5 @@
 """Every config key validated when the config is read (issue 15 case 6), one ConfigError naming each key."""
 
-import time
-
 import numpy as np
 import pytest
 
@@ -89,10 +87,8 @@ def test_target_epsilon_above_max_epsilon_is_refused_up_front():
 @pytest.mark.parametrize("dp", [{"privacy.gradient-sum-dp": True},
                                 {"privacy.gradient-sum-dp": True, "privacy.dp-sgd-diffusion": True},
                                 {"privacy.dp-sgd-classifier": True}], ids=["sum", "sum+dp-sgd", "dp-sgd"])
-def test_unreachable_target_epsilon_is_refused_within_seconds(dp):
-    start = time.perf_counter()
-    found = problems_of({**dp, "privacy.target-epsilon": 1e-6})
-    assert time.perf_counter() - start < 30  # generous: the solve itself takes milliseconds once Opacus is loaded
+def test_unreachable_target_epsilon_is_refused_when_the_config_is_read(dp):
+    found = problems_of({**dp, "privacy.target-epsilon": 1e-6})  # no data, no training: the solve alone
     assert "1e-06 cannot be reached" in found["privacy.target-epsilon"]
 
 
