@@ -45,6 +45,15 @@ def histograms_of(rng, k: int, n: int = 40) -> np.ndarray:
     return np.stack([score_histogram(y, np.clip(0.3 * y + rng.random(n) * 0.7, 0, 1)) for _ in range(k)])
 
 
+def tstr_tuning_scores(config, rng) -> dict:
+    """A site's selection reply content under DP: one TSTR score histogram per tuning seed for every
+    tuning row (``tuning_rows``), with fixed influence 0.5 and no Context-FID."""
+    seeds = len(config.guidance.tuning_seeds)
+    return {label: {"form": c.form, "scale": c.scale, "influence": 0.5, "context_fid": float("nan"),
+                    "tstr": histograms_of(rng, seeds).tolist()}
+            for label, c, _ in tuning_rows(config)}
+
+
 def test_noise_has_std_sigma_times_sqrt_k_and_changes_with_the_seed():
     """Each coarse cell gets N(0, sigma^2 K): empirical std over many draws ~ sigma sqrt(K); unbiased
     away from 0; a different generator seed gives other counts; mass only at the group centres."""
@@ -125,11 +134,8 @@ def test_releases_refuse_histograms_of_classifiers_trained_on_raw_training_recor
 
 def test_selection_release_noises_every_tuning_histogram():
     config = preset("tiny").with_overrides(DP)
-    rng = np.random.default_rng(1)
     seeds = len(config.guidance.tuning_seeds)
-    scores = {label: {"form": c.form, "scale": c.scale, "influence": 0.5, "context_fid": float("nan"),
-                      "tstr": histograms_of(rng, seeds).tolist()}
-              for label, c, _ in tuning_rows(config)}
+    scores = tstr_tuning_scores(config, np.random.default_rng(1))
     out, k = release_candidate_scores(scores, release(2.0, 0))
     assert k == selection_histograms(config) == len(tuning_rows(config)) * seeds  # TSTR only
     assert all(math.isnan(r["context_fid"]) and r["influence"] == 0.5 for r in out.values())
@@ -262,11 +268,8 @@ def test_a_noised_tuning_reply_with_its_privacy_report_fits_the_wire_schema():
     from server.wire import MAX_PRIVACY_SCALARS, reply_schema, schema_problems
 
     config = preset("tiny").with_overrides(DP)
-    rng = np.random.default_rng(2)
     seeds = len(config.guidance.tuning_seeds)
-    scores = {label: {"form": c.form, "scale": c.scale, "influence": 0.5, "context_fid": float("nan"),
-                      "tstr": histograms_of(rng, seeds).tolist()}
-              for label, c, _ in tuning_rows(config)}
+    scores = tstr_tuning_scores(config, np.random.default_rng(2))
     noised, k = release_candidate_scores(scores, release(1.0, 0))
     policy = SiteLedger(config, "hospital_a", 75)
     privacy = P.flatten_metrics(policy.record([score_entry("selection", 1.0, k)], "selection"))
