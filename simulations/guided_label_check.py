@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +40,7 @@ def label_check(run: Path, candidates: str, samples: int) -> list[dict]:
         length = int(saved["unguided_x"].shape[-1])
     rows = []
     for candidate in [None, *(c for c in parse_candidates(candidates) if c.scale)]:
-        guidance = None if candidate is None else replace(config.guidance, form=candidate.form, scale=candidate.scale)
+        guidance = None if candidate is None else config.guidance.with_candidate(candidate)
         x, y = synthesize(models.ema.shadow, models.classifier, models.direction, num_samples=samples,
                           positive_fraction=0.5, length=length, config=config, site_index=0, guidance=guidance)
         with torch.no_grad():
