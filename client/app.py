@@ -311,10 +311,9 @@ def train_diffusion(msg: Message, context: Context) -> Message:
     data = _normalized(site, msg)
     config = P.config_from_record(msg.content[P.CONFIG])
     model_arrays, ema_arrays = P.split_diffusion_arrays(P.from_array_record(msg.content[P.ARRAYS]))
-    unet = phases.new_unet(site.config, data.in_channels, site.device)
-    load_module_numpy(unet, model_arrays, what="U-Net")
-    ema = EMA(unet, site.config.diffusion_train.ema_decay)
-    load_module_numpy(ema.shadow, ema_arrays, what="U-Net EMA")
+    unet = phases.unet_with_weights(site.config, data.in_channels, site.device, model_arrays)
+    ema = EMA(unet, site.config.diffusion_train.ema_decay,
+              shadow=phases.unet_with_weights(site.config, data.in_channels, site.device, ema_arrays, what="U-Net EMA"))
     server_round = int(config["server-round"])
     with _site_ledger(site, context, _spent(msg)) as policy:
         session = _dp_session(site, policy, "diffusion", server_round)
@@ -334,8 +333,8 @@ def train_diffusion(msg: Message, context: Context) -> Message:
 
 def _generator_models(site: Site, msg: Message, in_channels: int) -> phases.SamplingModels:
     """The EMA U-Net, theta* and g the server broadcast for phases 3b and 4."""
-    unet = phases.new_unet(site.config, in_channels, site.device)
-    load_module_numpy(unet, P.from_array_record(msg.content[P.ARRAYS]), what="U-Net EMA")
+    unet = phases.unet_with_weights(site.config, in_channels, site.device, P.from_array_record(msg.content[P.ARRAYS]),
+                                    what="U-Net EMA")
     classifier = _classifier(site, P.from_array_record(msg.content[P.CLASSIFIER]))
     direction = torch.as_tensor(P.direction_from_record(msg.content[P.DIRECTION]))
     return phases.SamplingModels(unet, classifier, direction)

@@ -165,17 +165,16 @@ def selection_summary(metrics_by_seed: dict[int, dict], run: str) -> tuple[list[
         selection = (by_run.get(run) or {}).get("selection") or {}
         chosen[seed] = (selection.get("chosen") or {}).get("label", "?")
         for label, row in (selection.get("candidates") or {}).items():
-            for key in ("influence", "context_fid", "tsrtr_auprc", "tstr_auprc", "tsrtr_auroc", "tstr_auroc"):
+            for key in ("influence", "context_fid", "tsrtr_auprc", "tsrtr_auroc"):  # scored: the select-on mode
                 table.setdefault(label, {}).setdefault(key, []).append(row.get(key, float("nan")))
     lines = ["Chosen on the tuning split, per seed: " + ", ".join(f"seed {s}: `{c}`" for s, c in chosen.items()), ""]
     if table:
-        lines += ["| candidate | times chosen | mean influence | Context-FID | tuning TSRTR AUPRC | tuning TSTR AUPRC | "
-                  "tuning TSRTR AUROC |", "|---|---|---|---|---|---|---|"]
+        lines += ["| candidate | times chosen | mean influence | Context-FID | tuning TSRTR AUPRC | tuning TSRTR AUROC |",
+                  "|---|---|---|---|---|---|"]
         for label, cols in table.items():
             picks = sum(1 for c in chosen.values() if c == label)
             lines.append(f"| {label} | {picks} | {_fmt_abs(cols['influence'])} | {_fmt_abs(cols['context_fid'])} | "
-                         f"{_fmt_abs(cols['tsrtr_auprc'])} | {_fmt_abs(cols['tstr_auprc'])} | "
-                         f"{_fmt_abs(cols['tsrtr_auroc'])} |")
+                         f"{_fmt_abs(cols['tsrtr_auprc'])} | {_fmt_abs(cols['tsrtr_auroc'])} |")
     return lines, table
 
 

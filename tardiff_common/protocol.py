@@ -336,11 +336,11 @@ def encode_candidate_scores(scores: dict[str, dict]) -> MetricRecord:
 
 
 def decode_candidate_scores(record: MetricRecord, rows: list, seeds: int, bins: int,
-                            modes: tuple[str, ...] = ("tsrtr", "tstr")) -> dict[str, dict]:
+                            modes: tuple[str, ...] = ("tsrtr",)) -> dict[str, dict]:
     """Inverse of ``encode_candidate_scores`` given the run's tuning rows (``selection.tuning_rows``:
-    (label, candidate, draw)), seeds, bins and scored ``modes`` (``selection.scored_modes``: "tstr"
-    only under DP); raises ValueError when a histogram has the wrong size or a mode is missing or
-    unexpected."""
+    (label, candidate, draw)), seeds, bins and scored ``modes`` (``selection.scored_modes``); a row
+    with no counts is one the site did not score (``selection.scored_rows``); raises ValueError when
+    a histogram has the wrong size or a row carries a mode that was not asked for."""
     out = {}
     for i, (label, candidate, _) in enumerate(rows):
         row = {"form": candidate.form, "scale": candidate.scale, "influence": float(record[f"tuning/{i}/influence"]),
@@ -350,7 +350,7 @@ def decode_candidate_scores(record: MetricRecord, rows: list, seeds: int, bins: 
             raise ValueError(f"tuning reply: candidate {label} carries {extra[0]} counts, expected only {list(modes)}")
         for mode in modes:
             if f"tuning/{i}/{mode}" not in record:
-                raise ValueError(f"tuning reply: candidate {label} has no {mode} counts")
+                continue  # not scored at this site (the Context-FID gate)
             values = np.asarray(record[f"tuning/{i}/{mode}"], dtype=np.int64)
             if values.size != seeds * 2 * bins:
                 raise ValueError(f"tuning reply: candidate {label} {mode} has {values.size} counts, "

@@ -17,11 +17,13 @@ class EMA:
     not averaged. ``load_shadow`` installs weights from elsewhere (e.g. a federated average).
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.995):
+    def __init__(self, model: nn.Module, decay: float = 0.995, *, shadow: nn.Module | None = None):
+        """``shadow``: a module of ``model``'s architecture to trail it from (e.g. one built with the
+        global EMA weights), instead of a deep copy of ``model``."""
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
-        self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
+        self.shadow = (copy.deepcopy(model) if shadow is None else shadow).eval().requires_grad_(False)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

@@ -110,7 +110,9 @@ class GuidanceConfig:
     evaluation classifier at ``tuning_seeds``; the best guided candidate wins if it beats
     unguided by more than a second unguided draw differs from the first plus ``tie_tolerance``,
     among the candidates whose Context-FID (against the training records) is at most
-    ``max_fid_ratio`` x unguided's (0 = no fidelity constraint) (``pipeline.selection``)."""
+    ``max_fid_ratio`` x unguided's (0 = no fidelity constraint) (``pipeline.selection``);
+    that Context-FID is measured on a pilot draw of ``fid_pilot`` records per candidate (0 = on
+    the candidate sets themselves), and only the candidates it admits are sampled in full."""
 
     scale: float | str = AUTO
     form: str = "paper"
@@ -124,6 +126,7 @@ class GuidanceConfig:
     select_on: str = "tsrtr"
     tie_tolerance: float = 0.0
     max_fid_ratio: float = 2.0
+    fid_pilot: int = 256
 
     def __post_init__(self) -> None:
         if self.form not in GUIDANCE_FORMS:
@@ -150,6 +153,8 @@ class GuidanceConfig:
             raise ValueError(f"guidance.select-on must be 'tsrtr' or 'tstr', got {self.select_on!r}")
         if self.tuning_ratio <= 0 or self.tie_tolerance < 0 or self.max_fid_ratio < 0:
             raise ValueError("guidance.tuning-ratio must be > 0, guidance.tie-tolerance and guidance.max-fid-ratio >= 0")
+        if self.fid_pilot < 0:
+            raise ValueError(f"guidance.fid-pilot must be >= 0 (0 = no pilot), got {self.fid_pilot}")
         if not self.tuning_seeds:
             raise ValueError("guidance.tuning-seeds needs at least one evaluation seed")
 

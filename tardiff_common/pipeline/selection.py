@@ -4,20 +4,35 @@ The paper tunes its guidance scale on an Evaluation-Val split kept apart from th
 Guidance-Val split that defines G; this module is that protocol, written so that a site
 computes its part and the server pools the parts:
 
-    site k, for every candidate c in guidance.candidates (s = 0, unguided, always among them):
+    site k, for every tuning row c (the candidates in guidance.candidates, s = 0 first, and the null row):
+        P_c  = synthesize(c)                      a pilot of guidance.fid-pilot records, one shared noise
+                                                  (a draw of its own, used for nothing else)
+        F_c  = Context-FID(P_c, train_k)          (not under DP; no pilot then)
+    site k, for every row c that is *scored* (the Context-FID gate, ``scored_rows``):
+        a guided c is scored iff F_c <= max_fid_ratio x F_unguided at this site (no gate when
+        max_fid_ratio = 0, under DP, or when F_unguided is undefined); unguided and the null row
+        are scored iff some guided row is -- else the choice is s = 0 whatever they score;
         D_c  = synthesize(c)                      tuning_ratio x n_train records, one shared noise
         for every evaluation seed r (the same seeds, hence initial weights, for every c):
             f_{c,r} = evaluation classifier (guidance.tuning-seeds) trained on  train_k + D_c   ("tsrtr")  or  D_c ("tstr"),
+                      in the mode the choice is made on (``guidance.select-on``; "tstr" under DP,
+                      where nothing released is trained on the raw training split, ``scored_modes``),
                       stopped early on the guidance split's loss (evaluation.patience)
-                      (with any DP mechanism on: "tstr" only, a fixed number of epochs, no Context-FID:
-                      nothing released is trained on the raw training split, ``scored_modes``)
+                      (with any DP mechanism on: a fixed number of epochs, no Context-FID)
             H_{c,r} = histogram of f_{c,r}(x) over the tuning split by label     [2, bins]
-    server:  H_{c,r} = sum_k H^k_{c,r};   AUPRC_c = mean_r AUPRC(H_{c,r})
+    server:  H_{c,r} = sum_k H^k_{c,r} over the sites that scored c;   AUPRC_c = mean_r AUPRC(H_{c,r})
              noise   = |AUPRC_null - AUPRC_unguided|     (a second unguided draw, "null", scored alike)
                        (with DP-noised counts at least ``dp_noise_floor``: what the DP noise alone moves it)
-             choice  = among the guided candidates with Context-FID_c <= max_fid_ratio x unguided's,
+             choice  = among the guided candidates scored at every site and with pooled
+                       Context-FID_c <= max_fid_ratio x unguided's,
                        the best AUPRC_c if it beats unguided by more than noise + tie_tolerance,
                        else unguided (s = 0)
+
+The gate spends the sampling and the classifier fits (the bulk of this phase's cost) only where
+they can change the choice: a candidate already off the data manifold at a site is not chosen,
+so it is neither sampled in full nor scored there, and where no guided candidate passes, only
+the pilots are drawn. (Without a pilot -- ``fid-pilot = 0``, a pilot no smaller than the tuning
+set, or DP, where there is no gate -- F_c is measured on D_c itself.)
 
 The null draw measures, on this very tuning split, how much two samples of the *same* generator
 differ; a guided candidate has to beat unguided by more than that, so a guidance that cannot
@@ -57,20 +72,24 @@ __all__ = [
     "resolve_guidance",
     "DP_SELECT_MODES",
     "scored_modes",
+    "scored_rows",
     "select_mode",
 ]
 
 TUNING_DRAW = 7  # the candidates' noise: a draw of its own, never the reported sets' noise
+PILOT_DRAW = 9  # the Context-FID pilots' noise (the null row's pilot: PILOT_DRAW + 1)
 NULL_LABEL = "null (2nd unguided draw)"
 SELECT_MODES = ("tsrtr", "tstr")
 DP_SELECT_MODES = ("tstr",)  # under DP: only classifiers trained on synthetic (DP-output) records
 
 
 def scored_modes(config: RunConfig) -> tuple[str, ...]:
-    """The modes a site scores: both without DP; with any DP mechanism on (``privacy.any_dp``, the
-    switch of ``privacy.dp_scores``) TSTR only -- a "tsrtr" classifier trains on the raw training
-    split without DP-SGD, so its released counts would depend on training records without bound."""
-    return DP_SELECT_MODES if config.privacy.any_dp else SELECT_MODES
+    """The modes a site scores: the one the choice is made on (``select_mode``), so no classifier
+    is fitted for a column the rule never reads; with any DP mechanism on (``privacy.any_dp``,
+    the switch of ``privacy.dp_scores``) that is TSTR -- a "tsrtr" classifier trains on the raw
+    training split without DP-SGD, so its released counts would depend on training records without
+    bound."""
+    return (select_mode(config),)
 
 
 def select_mode(config: RunConfig) -> str:
@@ -80,33 +99,68 @@ def select_mode(config: RunConfig) -> str:
 
 def score_candidates_at_site(models: SamplingModels, data: NormalizedSplits, config: RunConfig, *, site_index: int,
                              progress: bool = False) -> dict[str, dict]:
-    """{candidate label: {"form", "scale", "influence", "context_fid", "tsrtr": [[2, bins] per seed], "tstr": ...}}
-    for this site's tuning split (metrics only: counts of predicted scores by label)."""
+    """{row label: {"form", "scale", "influence", "context_fid", "<mode>": [[2, bins] per seed]}}
+    for this site's tuning split (metrics only: counts of predicted scores by label); a row the
+    Context-FID gate leaves unscored (``scored_rows``) has no "<mode>" entry. "influence" and
+    "context_fid" are measured on the row's pilot (``guidance.fid-pilot`` records, on pilot noise
+    that every candidate shares with unguided's pilot, the null row on a pilot draw of its own),
+    or on the row's tuning set itself when the pilot would be as large (or is 0). The pilots are
+    draws of their own: a scored row's tuning set, hence its score, is the one it would be without
+    the gate."""
     g = config.guidance
     dp = config.privacy.any_dp  # TSTR only, no Context-FID against the training records (``scored_modes``)
     unet, classifier, direction = models.unet, models.classifier, models.direction
     num = max(2, int(round(g.tuning_ratio * len(data.train_y))))
+    pilot = 0 if dp or not g.fid_pilot or g.fid_pilot >= num else g.fid_pilot  # under DP no gate, so no pilot
     device = str(next(classifier.parameters()).device)
     stop_on = (data.guidance_x, data.guidance_y) if len(data.guidance_y) and not dp else None
-    out: dict[str, dict] = {}
-    for label, candidate, draw in tuning_rows(config):
-        x, y = synthesize(unet, classifier, direction, num_samples=num,
+
+    def draw_row(candidate: Candidate, n: int, draw: int) -> tuple[np.ndarray, np.ndarray]:
+        return synthesize(unet, classifier, direction, num_samples=n,
                           positive_fraction=positive_fraction(config, data.train_y), length=data.length,
                           config=config, site_index=site_index, guidance=g.with_candidate(candidate),
                           draw=draw, progress=progress)
-        row: dict[str, object] = {"form": candidate.form, "scale": candidate.scale,
-                                  "influence": float(influence_of(classifier, direction, x, y).mean()),
-                                  "context_fid": float("nan") if dp else _context_fid(data.train_x, x)}
+
+    rows = tuning_rows(config)
+    tuning_sets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    out: dict[str, dict] = {}
+    for label, candidate, draw in rows:
+        if pilot:  # a small draw of its own that only gates; the tuning sets are drawn as without it
+            x, y = draw_row(candidate, pilot, PILOT_DRAW + draw - TUNING_DRAW)
+        else:
+            x, y = tuning_sets[label] = draw_row(candidate, num, draw)
+        out[label] = {"form": candidate.form, "scale": candidate.scale,
+                      "influence": float(influence_of(classifier, direction, x, y).mean()),
+                      "context_fid": float("nan") if dp else _context_fid(data.train_x, x)}
+    scored = scored_rows(out, g.max_fid_ratio)
+    for label, candidate, draw in rows:
+        if label not in scored:
+            continue
+        x, y = tuning_sets[label] if label in tuning_sets else draw_row(candidate, num, draw)
         for mode in scored_modes(config):
             train = (x, y) if mode == "tstr" else (np.concatenate([data.train_x, x]), np.concatenate([data.train_y, y]))
-            row[mode] = []
+            out[label][mode] = []
             for seed in g.tuning_seeds:
                 # early stopping (evaluation.patience) on the guidance split: real, held out, never the tuning split
                 model = fit_evaluation_classifier(train, config.evaluation, seed, validation=stop_on, device=device)
                 p = predict_proba(model, data.tuning_x)
-                row[mode].append(score_histogram(data.tuning_y, p, SCORE_BINS).tolist())
-        out[label] = row
+                out[label][mode].append(score_histogram(data.tuning_y, p, SCORE_BINS).tolist())
     return out
+
+
+def scored_rows(rows: dict[str, dict], max_fid_ratio: float) -> list[str]:
+    """The labels of the tuning rows a site fits classifiers for, in row order (the Context-FID
+    gate): a guided row (scale > 0) iff its Context-FID is at most ``max_fid_ratio`` x the
+    unguided row's (every guided row when ``max_fid_ratio`` is 0 or unguided's Context-FID is not
+    finite, e.g. NaN under DP); the unguided and null rows iff at least one guided row is scored."""
+    unguided = next(row for label, row in rows.items() if label != NULL_LABEL and row["scale"] == 0)
+    limit = max_fid_ratio * unguided.get("context_fid", np.nan)
+    gated = max_fid_ratio > 0 and np.isfinite(limit)
+    guided = [label for label, row in rows.items()
+              if row["scale"] > 0 and (not gated or row.get("context_fid", np.nan) <= limit)]
+    if not guided:
+        return []
+    return [label for label, row in rows.items() if row["scale"] == 0 or label in guided]
 
 
 def _context_fid(real_x: np.ndarray, synthetic_x: np.ndarray) -> float:
@@ -125,9 +179,10 @@ def tuning_rows(config: RunConfig) -> list[tuple[str, Candidate, int]]:
 
 
 def pool_candidate_scores(site_scores: list[dict[str, dict]]) -> dict[str, dict]:
-    """Sum the sites' histograms per candidate, mode and seed; {label: {"form", "scale",
-    "influence" (mean over sites), "<mode>_auprc", "<mode>_auroc" (means over seeds),
-    "<mode>_auprc_runs" (per seed)}}."""
+    """Sum the histograms per candidate, mode and seed over the sites that scored it; {label:
+    {"form", "scale", "influence" and "context_fid" (means over sites), "sites_scored", and, where
+    some site scored it, "<mode>_auprc", "<mode>_auroc" (means over seeds), "<mode>_auprc_runs"
+    (per seed)}}; a row no site scored has NaN scores."""
     if not site_scores:
         raise ValueError("no site scored the guidance candidates")
     labels = list(site_scores[0])
@@ -137,9 +192,13 @@ def pool_candidate_scores(site_scores: list[dict[str, dict]]) -> dict[str, dict]
         fids = [r.get("context_fid", np.nan) for r in rows]
         out = {"form": rows[0]["form"], "scale": float(rows[0]["scale"]),
                "influence": float(np.mean([r["influence"] for r in rows])),
-               "context_fid": float(np.nanmean(fids)) if np.isfinite(fids).any() else float("nan")}
-        for mode in (m for m in SELECT_MODES if m in rows[0]):  # under DP "tstr" only
-            summary = pooled_summary([{"histograms": r[mode]} for r in rows], SCORE_BINS)
+               "context_fid": float(np.nanmean(fids)) if np.isfinite(fids).any() else float("nan"),
+               "sites_scored": sum(1 for r in rows if any(m in r for m in SELECT_MODES))}
+        for mode in SELECT_MODES:
+            scored = [r for r in rows if mode in r]
+            if not scored:
+                continue
+            summary = pooled_summary([{"histograms": r[mode]} for r in scored], SCORE_BINS)
             out[f"{mode}_auprc_runs"] = summary["values"]["auprc"]
             out[f"{mode}_auprc"] = summary["auprc"]
             out[f"{mode}_auroc"] = summary["auroc"]
@@ -148,28 +207,30 @@ def pool_candidate_scores(site_scores: list[dict[str, dict]]) -> dict[str, dict]
 
 
 def choose_candidate(pooled: dict[str, dict], select_on: str = "tsrtr", tie_tolerance: float = 0.0,
-                     max_fid_ratio: float = 0.0, dp_floor: float = 0.0) -> Candidate:
+                     max_fid_ratio: float = 0.0, dp_floor: float = 0.0, sites: int | None = None) -> Candidate:
     """The guided candidate with the best pooled tuning AUPRC if it beats unguided by more than
     the noise floor |null - unguided| (when the table has a null row) plus ``tie_tolerance``;
     else unguided. Only candidates whose Context-FID is at most ``max_fid_ratio`` x unguided's
     are eligible (0 = no constraint): a set far off the data manifold is not chosen on a lucky
-    tuning score. Among guided candidates a tie goes to the smaller scale; NaNs never win. With
-    DP-noised counts the noise floor is at least ``dp_floor`` (``dp_noise_floor``)."""
+    tuning score; with ``sites`` (the number of sites that replied) only candidates every site
+    scored are (``scored_rows``: a site that gated a candidate out found it off the manifold
+    there). Among guided candidates a tie goes to the smaller scale; NaNs (and unscored rows)
+    never win. With DP-noised counts the noise floor is at least ``dp_floor`` (``dp_noise_floor``)."""
     key = f"{select_on}_auprc"
     unguided = next(r for label, r in pooled.items() if label != NULL_LABEL and r["scale"] == 0)
     null = pooled.get(NULL_LABEL)
-    noise = abs(null[key] - unguided[key]) if null is not None and np.isfinite(null[key]) else 0.0
+    noise = abs(null[key] - unguided[key]) if null is not None and np.isfinite(null.get(key, np.nan)) else 0.0
     noise = max(noise, dp_floor)
     fid_limit = max_fid_ratio * unguided.get("context_fid", np.nan)
 
     def eligible(r: dict) -> bool:
-        if not np.isfinite(r[key]):
+        if not np.isfinite(r.get(key, np.nan)) or (sites is not None and r.get("sites_scored", sites) < sites):
             return False
         return not (max_fid_ratio > 0 and np.isfinite(fid_limit) and not r.get("context_fid", np.inf) <= fid_limit)
 
     guided = sorted((r for label, r in pooled.items() if label != NULL_LABEL and r["scale"] > 0 and eligible(r)),
                     key=lambda r: (-r[key], r["scale"]))
-    if guided and (not np.isfinite(unguided[key]) or guided[0][key] > unguided[key] + noise + tie_tolerance):
+    if guided and (not np.isfinite(unguided.get(key, np.nan)) or guided[0][key] > unguided[key] + noise + tie_tolerance):
         return Candidate(guided[0]["form"], float(guided[0]["scale"]))
     return Candidate(unguided["form"], 0.0)
 
@@ -224,9 +285,16 @@ def selection_from_scores(site_scores: list[dict[str, dict]], config: RunConfig,
     select_on = select_mode(config)
     table = pool_candidate_scores(site_scores)
     floor = dp_noise_floor(site_scores, select_on, dp_variance) if dp_variance > 0 else 0.0
-    chosen = choose_candidate(table, select_on, g.tie_tolerance, g.max_fid_ratio, dp_floor=floor)
+    chosen = choose_candidate(table, select_on, g.tie_tolerance, g.max_fid_ratio, dp_floor=floor,
+                              sites=len(site_scores))
     key = f"{select_on}_auprc"
-    ranking = ", ".join(f"{label} {row[key]:.3f}" for label, row in table.items())
+    if not any(np.isfinite(row.get(key, np.nan)) for row in table.values()):
+        ranking = (f"no guided candidate within {g.max_fid_ratio:g} x unguided's Context-FID at every site, "
+                   "so none was scored")
+    else:
+        ranking = ", ".join(f"{label} {row[key]:.3f}" if np.isfinite(row.get(key, np.nan))
+                            else f"{label} not scored (Context-FID {row.get('context_fid', np.nan):.1f})"
+                            for label, row in table.items())
     out = {"mode": "auto", "chosen": chosen, "select_on": select_on, "table": table,
            "summary": f"chose {chosen.label} by pooled tuning {select_on.upper()} AUPRC beyond the null draw's "
                       f"noise{f' (at least the DP noise floor {floor:.3f})' if floor else ''} ({ranking})"}

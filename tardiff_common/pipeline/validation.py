@@ -175,6 +175,7 @@ def _guidance(c: RunConfig) -> Iterator[Problem]:
     g = c.guidance
     yield from _positive("guidance.fd-eps", g.fd_eps)
     yield from _positive("guidance.tuning-ratio", g.tuning_ratio)
+    yield from _at_least("guidance.fid-pilot", g.fid_pilot, 0)
     if not g.tuning_seeds or any(s < 0 for s in g.tuning_seeds):
         yield Problem("guidance.tuning-seeds", f"must be one or more seeds >= 0, got {g.tuning_seeds}")
     yield from _one_of("guidance.select-on", g.select_on, SELECT_ON)

@@ -78,18 +78,21 @@ def _selection_section(selection: dict, dp_withheld: bool = False) -> list[str]:
               f"Rule: the guided candidate with the best pooled tuning {mode.upper()} AUPRC wins if it beats unguided "
               "by more than a second unguided draw (the null row) differs from the first, among the candidates whose "
               "Context-FID (against the training records, 0 best) is at most guidance.max-fid-ratio x unguided's; "
-              "otherwise unguided (s = 0).", "",
-              "| candidate | mean influence | Context-FID | TSRTR AUPRC | TSRTR AUROC | TSTR AUPRC | TSTR AUROC |",
-              "|---|---|---|---|---|---|---|"]
+              "otherwise unguided (s = 0). A site fits tuning classifiers only for the candidates within that "
+              "Context-FID limit at the site (and for unguided and the null row when any is): the others cannot be "
+              "chosen, so they are not scored.", "",
+              f"| candidate | mean influence | Context-FID | {mode.upper()} AUPRC | {mode.upper()} AUROC | sites scored |",
+              "|---|---|---|---|---|---|"]
 
     def cell(v) -> str:
         return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3f}"
 
     for label, row in (selection.get("candidates") or {}).items():
         mark = " ⟵" if label == chosen.get("label") else ""
-        lines.append(f"| {label}{mark} | {cell(row.get('influence'))} | {cell(row.get('context_fid'))} | "
-                     f"{cell(row.get('tsrtr_auprc'))} | "
-                     f"{cell(row.get('tsrtr_auroc'))} | {cell(row.get('tstr_auprc'))} | {cell(row.get('tstr_auroc'))} |")
+        scored = row.get(f"{mode}_auprc") is not None
+        auprc, auroc = (cell(row.get(f"{mode}_auprc")), cell(row.get(f"{mode}_auroc"))) if scored else ("not scored",) * 2
+        lines.append(f"| {label}{mark} | {cell(row.get('influence'))} | {cell(row.get('context_fid'))} | {auprc} | "
+                     f"{auroc} | {row.get('sites_scored', 'n/a')} |")
     if dp_withheld:
         lines += ["", f"TSRTR scores and Context-FID: {RAW_TRAINING_NOTE} (or against them); chosen on TSTR."]
     return lines

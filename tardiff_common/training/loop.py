@@ -31,7 +31,8 @@ from .proximal import ProximalTerm
 if TYPE_CHECKING:
     from ..privacy.dp_sgd import DPTrainingSession
 
-__all__ = ["BatchLoss", "seeded_loader", "training_objects", "check_proximal_with_privacy", "train_epochs"]
+__all__ = ["BatchLoss", "SeededBatches", "seeded_loader", "training_objects", "check_proximal_with_privacy",
+           "train_epochs"]
 
 # (network to call, x batch [B, C, L] on the model's device, y batch [B], generator) -> scalar loss
 BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
@@ -42,6 +43,44 @@ def seeded_loader(x: np.ndarray, y: np.ndarray, batch_size: int, generator: torc
     dataset = torch.utils.data.TensorDataset(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long))
     return torch.utils.data.DataLoader(dataset, batch_size=min(batch_size, len(dataset)), shuffle=True,
                                        generator=generator)
+
+
+class SeededBatches:
+    """``seeded_loader``'s batches, and its draws from ``generator``, without its per-record
+    indexing and collation (which cost more than a small classifier's step): one pass is
+
+        (one int64 draw: the loader iterator's base seed)
+        perm = randperm(N)                       the epoch's order
+        x[perm[i:i+B]], y[perm[i:i+B]]           for i = 0, B, 2B, ...
+        (one more randperm(N): the sampler's empty tail, drawn when it is exhausted -- before the
+         last batch when N % B != 0, after it otherwise)
+
+    so a training run draws the very same batches and leaves ``generator`` in the same state
+    (tested against the DataLoader). DP-SGD keeps the DataLoader: Opacus replaces it by Poisson
+    batches."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, generator: torch.Generator):
+        self.x = torch.as_tensor(x, dtype=torch.float32)
+        self.y = torch.as_tensor(y, dtype=torch.long)
+        self.batch_size = min(batch_size, len(self.y))
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.batch_size) if len(self.y) else 0
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n, size, g = len(self.y), self.batch_size, self.generator
+        torch.empty((), dtype=torch.int64).random_(generator=g)
+        if n == 0:
+            return
+        perm = torch.randperm(n, generator=g)
+        for start in range(0, n, size):
+            if start + size > n:
+                torch.randperm(n, generator=g)
+            idx = perm[start:start + size]
+            yield self.x[idx], self.y[idx]
+        if n % size == 0:
+            torch.randperm(n, generator=g)
 
 
 @contextmanager
@@ -84,7 +123,8 @@ def train_epochs(
     proximal term then (its clipping replaces them); its ``entries`` hold the accountant history."""
     device = next(model.parameters()).device
     generator = privacy.generator(seed) if privacy is not None else torch.Generator().manual_seed(seed)
-    loader = seeded_loader(x, y, batch_size, generator)
+    loader = seeded_loader(x, y, batch_size, generator) if privacy is not None else SeededBatches(x, y, batch_size,
+                                                                                                generator)
     check_proximal_with_privacy(privacy, proximal_mu)
     proximal = ProximalTerm(model, proximal_mu)
     model.train()

@@ -28,7 +28,9 @@ from tardiff_common.pipeline.selection import (
     choose_candidate,
     pool_candidate_scores,
     score_candidates_at_site,
+    scored_rows,
     select_guidance,
+    selection_from_scores,
 )
 
 
@@ -131,9 +133,11 @@ def test_selection_never_reads_the_test_split(trained):
 
 def test_site_scores_are_counts_of_the_tuning_split(trained):
     config, data, classifier, direction, unet = trained
+    config = config.with_overrides({"guidance.max-fid-ratio": 0.0})  # no gate: every row scored
     scores = score_candidates_at_site(SamplingModels(unet, classifier, direction), data, config, site_index=0)
     for row in scores.values():
-        for mode in ("tsrtr", "tstr"):
+        assert "tstr" not in row  # only the mode the choice is made on (guidance.select-on) is fitted
+        for mode in ("tsrtr",):
             counts = np.asarray(row[mode])
             assert counts.shape == (len(config.guidance.tuning_seeds), 2, SCORE_BINS)
             assert counts[:, 1].sum(axis=1).tolist() == [int(data.tuning_y.sum())] * len(config.guidance.tuning_seeds)
@@ -150,3 +154,79 @@ def test_useless_guidance_is_not_chosen(trained):
     assert {table[k]["tsrtr_auprc"] for k in ("unguided", "paper:30", "normalized:0.5", "x0:0.2")} == \
         {table["unguided"]["tsrtr_auprc"]}  # identical sets, identical scores
     assert zero["chosen"] == Candidate("paper", 0.0), zero["summary"]
+
+
+def _fid_rows(**fids):
+    rows = {"unguided": {"scale": 0.0, "context_fid": fids.pop("unguided")}}
+    rows.update({label: {"scale": 1.0, "context_fid": fid} for label, fid in fids.items()})
+    rows[NULL_LABEL] = {"scale": 0.0, "context_fid": 3.1}
+    return rows
+
+
+def test_context_fid_gate_scores_only_rows_that_can_be_chosen():
+    rows = _fid_rows(unguided=3.0, far=40.0, near=5.9, nan=float("nan"))
+    assert scored_rows(rows, 2.0) == ["unguided", "near", NULL_LABEL]
+    assert scored_rows(rows, 0.0) == list(rows)  # no limit: everything
+    assert scored_rows(_fid_rows(unguided=3.0, far=40.0), 2.0) == []  # no guided row passes: nothing to decide
+    assert scored_rows(_fid_rows(unguided=float("nan"), far=40.0), 2.0) == ["unguided", "far", NULL_LABEL]  # DP
+
+
+def test_a_candidate_some_site_did_not_score_is_not_chosen():
+    good, bad = _hist(True), _hist(False)
+    scored = {"unguided": _row("paper", 0.0, bad), "x0:0.1": _row("x0", 0.1, good)}
+    gated = {"unguided": {"form": "paper", "scale": 0.0, "influence": 0.0},
+             "x0:0.1": {"form": "x0", "scale": 0.1, "influence": 0.0}}
+    table = pool_candidate_scores([scored, gated])
+    assert table["x0:0.1"]["sites_scored"] == 1 and table["x0:0.1"]["tsrtr_auprc"] == pytest.approx(1.0)
+    assert choose_candidate(table, sites=2) == Candidate("paper", 0.0)
+    assert choose_candidate(table, sites=1) == Candidate("x0", 0.1)
+    none = pool_candidate_scores([gated, gated])
+    assert "tsrtr_auprc" not in none["x0:0.1"] and choose_candidate(none, sites=2).scale == 0.0
+
+
+def test_gated_site_fits_no_classifier(trained, monkeypatch):
+    """A limit no guided candidate meets: no tuning classifier is trained, unguided is chosen."""
+    import tardiff_common.pipeline.selection as selection
+
+    config, data, classifier, direction, unet = trained
+    fits = []
+    real_fit = selection.fit_evaluation_classifier
+    monkeypatch.setattr(selection, "fit_evaluation_classifier", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
+    models = SamplingModels(unet, classifier, direction)
+    strict = config.with_overrides({"guidance.max-fid-ratio": 1e-9})
+    scores = score_candidates_at_site(models, data, strict, site_index=0)
+    assert fits == [] and all("tsrtr" not in row and np.isfinite(row["context_fid"]) for row in scores.values())
+    chosen = selection_from_scores([scores], strict)
+    assert chosen["chosen"].scale == 0.0 and "none was scored" in chosen["summary"]
+    loose = config.with_overrides({"guidance.max-fid-ratio": 1e9})
+    scores = score_candidates_at_site(models, data, loose, site_index=0)
+    assert len(fits) == len(scores) * len(config.guidance.tuning_seeds)
+
+
+def test_pilot_gates_without_changing_the_scored_tuning_sets(trained, monkeypatch):
+    """With guidance.fid-pilot below the tuning size, Context-FID is measured on a pilot draw of
+    that size, and every scored row is trained on the very tuning set it gets without a pilot."""
+    import tardiff_common.pipeline.selection as selection
+
+    config, data, classifier, direction, unet = trained
+    config = config.with_overrides({"guidance.max-fid-ratio": 0.0, "guidance.candidates": "x0:0.1",
+                                    "guidance.tuning-seeds": "0"})
+    num = int(round(config.guidance.tuning_ratio * len(data.train_y)))
+    assert num > 16
+    sets = []
+    real_fit = selection.fit_evaluation_classifier
+    monkeypatch.setattr(selection, "fit_evaluation_classifier",
+                        lambda train, *a, **k: sets.append(train) or real_fit(train, *a, **k))
+    models = SamplingModels(unet, classifier, direction)
+    plain = score_candidates_at_site(models, data, config.with_overrides({"guidance.fid-pilot": 0}), site_index=0)
+    piloted = score_candidates_at_site(models, data, config.with_overrides({"guidance.fid-pilot": 16}), site_index=0)
+    assert len(sets) == 2 * 3  # unguided, x0:0.1, null; TSRTR: the real training split + the set
+    for before, after in zip(sets[:3], sets[3:], strict=True):
+        np.testing.assert_array_equal(before[0], after[0])
+    for label, candidate, draw in selection.tuning_rows(config):
+        assert piloted[label]["tsrtr"] == plain[label]["tsrtr"]
+        pilot_x, _ = selection.synthesize(unet, classifier, direction, num_samples=16, positive_fraction=0.5,
+                                          length=data.length, config=config, site_index=0,
+                                          guidance=config.guidance.with_candidate(candidate),
+                                          draw=selection.PILOT_DRAW + draw - selection.TUNING_DRAW)
+        assert piloted[label]["context_fid"] == pytest.approx(selection._context_fid(data.train_x, pilot_x))

@@ -1,6 +1,7 @@
 """The one training loop: hooks, stopping, and that it is the loop both trainers run."""
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -52,3 +53,26 @@ def test_a_different_seed_changes_the_batch_order():
     train_epochs(a, x, y, bce, adam, epochs=1, batch_size=8, seed=3)
     train_epochs(b, x, y, bce, adam, epochs=1, batch_size=8, seed=4)
     assert any(not torch.equal(pa, pb) for pa, pb in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("n,batch_size", [(10, 4), (12, 4), (5, 64), (64, 64), (1, 3)])
+def test_seeded_batches_are_the_dataloaders_batches_and_draws(n, batch_size):
+    """SeededBatches replaces the DataLoader on the plain path: the same batches in the same order,
+    and the same draws from the shared generator, also when the loss draws from it in between
+    (the diffusion loss's t and noise), over several epochs."""
+    from tardiff_common.training.loop import SeededBatches, seeded_loader
+
+    x = np.arange(n * 2 * 3, dtype=np.float32).reshape(n, 2, 3)
+    y = np.arange(n) % 2
+    g_ref, g_new = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    reference, fast = seeded_loader(x, y, batch_size, g_ref), SeededBatches(x, y, batch_size, g_new)
+    assert len(fast) == len(reference)
+    for _ in range(3):
+        ref_batches = []
+        for xb, yb in reference:
+            ref_batches.append((xb, yb, torch.rand(2, generator=g_ref)))
+        new_batches = [(xb, yb, torch.rand(2, generator=g_new)) for xb, yb in fast]
+        assert len(ref_batches) == len(new_batches)
+        for (xr, yr, dr), (xn, yn, dn) in zip(ref_batches, new_batches, strict=True):
+            assert torch.equal(xr, xn) and torch.equal(yr, yn) and torch.equal(dr, dn)
+    assert torch.equal(g_ref.get_state(), g_new.get_state())

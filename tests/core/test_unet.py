@@ -104,3 +104,27 @@ def test_bad_config_fails_at_construction():
 def test_no_batchnorm_for_opacus():
     model = UNet1D(UNet1DConfig.tiny(3))
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def test_unet_with_weights_is_new_unet_with_those_weights():
+    """The meta-device build a site uses per message: same parameters, same outputs, trainable,
+    and wrong weights still refused by name."""
+    from tardiff_common.pipeline.config import preset
+    from tardiff_common.pipeline.phases import new_unet, unet_with_weights
+    from tardiff_common.serialization import load_module_numpy, module_to_numpy
+
+    config = preset("tiny")
+    device = torch.device("cpu")
+    weights = module_to_numpy(new_unet(config.with_overrides({"seed": 3}), 2, device))
+    reference = new_unet(config, 2, device)
+    load_module_numpy(reference, weights)
+    fast = unet_with_weights(config, 2, device, weights)
+    assert [(n, p.requires_grad) for n, p in fast.named_parameters()] == \
+        [(n, p.requires_grad) for n, p in reference.named_parameters()]
+    x, t, y = torch.randn(4, 2, 16), torch.tensor([0, 5, 9, 1]), torch.tensor([0, 1, 0, 1])
+    assert torch.equal(fast(x, t, y), reference(x, t, y))
+    fast(x, t, y).square().mean().backward()
+    assert all(p.grad is not None for p in fast.parameters())
+    with pytest.raises(ValueError, match="U-Net EMA"):
+        unet_with_weights(config, 2, device, {k: v for k, v in weights.items() if k != next(iter(weights))},
+                          what="U-Net EMA")

@@ -147,7 +147,7 @@ def test_selection_release_noises_every_tuning_histogram():
     assert not any(name.endswith("/tsrtr") for name in record)
     decoded = P.decode_candidate_scores(record, tuning_rows(config), seeds, SCORE_BINS, scored_modes(config))
     assert all(set(row) >= {"tstr"} and "tsrtr" not in row for row in decoded.values())
-    with pytest.raises(ValueError, match="no tsrtr counts"):  # the server's decoder without DP wants both
+    with pytest.raises(ValueError, match="carries tstr counts"):  # the server's decoder without DP wants TSRTR only
         P.decode_candidate_scores(record, tuning_rows(config), seeds, SCORE_BINS, scored_modes(preset("tiny")))
     chosen = selection_from_scores([out], config)  # pooled and chosen on TSTR
     assert chosen["select_on"] == "tstr" and "tsrtr_auprc" not in chosen["table"]["unguided"]
