@@ -292,9 +292,14 @@ def selection_from_scores(site_scores: list[dict[str, dict]], config: RunConfig,
         ranking = (f"no guided candidate within {g.max_fid_ratio:g} x unguided's Context-FID at every site, "
                    "so none was scored")
     else:
-        ranking = ", ".join(f"{label} {row[key]:.3f}" if np.isfinite(row.get(key, np.nan))
-                            else f"{label} not scored (Context-FID {row.get('context_fid', np.nan):.1f})"
-                            for label, row in table.items())
+        def cell(label: str, row: dict) -> str:
+            if not np.isfinite(row.get(key, np.nan)):
+                return f"{label} not scored (Context-FID {row.get('context_fid', np.nan):.1f})"
+            partial = row["sites_scored"] < len(site_scores)
+            return f"{label} {row[key]:.3f}" + (f" (scored at {row['sites_scored']} of {len(site_scores)} sites: "
+                                                "not eligible)" if partial else "")
+
+        ranking = ", ".join(cell(label, row) for label, row in table.items())
     out = {"mode": "auto", "chosen": chosen, "select_on": select_on, "table": table,
            "summary": f"chose {chosen.label} by pooled tuning {select_on.upper()} AUPRC beyond the null draw's "
                       f"noise{f' (at least the DP noise floor {floor:.3f})' if floor else ''} ({ranking})"}
