@@ -115,7 +115,7 @@ class ServerRun:
     registered: dict[str, SiteInfo] = field(default_factory=dict)  # site name -> info, every site of the run
     resumed_from: dict | None = None  # the progress a resumed run continues ({"phase", "round", ...})
     resumes: list[dict] = field(default_factory=list)  # one entry per resume: where it continued, why it stopped
-    poll_s: float = 1.0  # seconds between two looks for replies
+    poll_s: float = 0.2  # seconds between two looks for replies (a pull is one small request)
     _last_round: dict[str, int] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ nodes
