@@ -10,7 +10,8 @@ computes its part and the server pools the parts:
         F_c  = Context-FID(P_c, train_k)          (not under DP; no pilot then)
     site k, for every row c that is *scored* (the Context-FID gate, ``scored_rows``):
         a guided c is scored iff F_c <= max_fid_ratio x F_unguided at this site (no gate when
-        max_fid_ratio = 0, under DP, or when F_unguided is undefined); unguided and the null row
+        max_fid_ratio = 0, under DP, when F_unguided is undefined, or when the F_c were measured on
+        fewer records than the Context-FID embedding has dimensions, ``fid_is_reliable``); unguided and the null row
         are scored iff some guided row is -- else the choice is s = 0 whatever they score;
         D_c  = synthesize(c)                      tuning_ratio x n_train records, one shared noise
         for every evaluation seed r (the same seeds, hence initial weights, for every c):
@@ -50,7 +51,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..influence.guidance import Candidate
-from ..metrics.context_fid import context_fid
+from ..metrics.context_fid import ContextFIDConfig, context_fid
 from ..metrics.histogram_auc import SCORE_BINS, score_histogram
 from ..metrics.pooling import pooled_summary
 from ..metrics.utility import fit_evaluation_classifier
@@ -73,6 +74,7 @@ __all__ = [
     "DP_SELECT_MODES",
     "scored_modes",
     "scored_rows",
+    "fid_is_reliable",
     "select_mode",
 ]
 
@@ -132,7 +134,8 @@ def score_candidates_at_site(models: SamplingModels, data: NormalizedSplits, con
         out[label] = {"form": candidate.form, "scale": candidate.scale,
                       "influence": float(influence_of(classifier, direction, x, y).mean()),
                       "context_fid": float("nan") if dp else _context_fid(data.train_x, x)}
-    scored = scored_rows(out, g.max_fid_ratio)
+    fid_records = pilot or num  # what each row's Context-FID was measured on
+    scored = scored_rows(out, g.max_fid_ratio, reliable=fid_is_reliable(len(data.train_y), fid_records))
     for label, candidate, draw in rows:
         if label not in scored:
             continue
@@ -148,19 +151,30 @@ def score_candidates_at_site(models: SamplingModels, data: NormalizedSplits, con
     return out
 
 
-def scored_rows(rows: dict[str, dict], max_fid_ratio: float) -> list[str]:
+def scored_rows(rows: dict[str, dict], max_fid_ratio: float, *, reliable: bool = True) -> list[str]:
     """The labels of the tuning rows a site fits classifiers for, in row order (the Context-FID
     gate): a guided row (scale > 0) iff its Context-FID is at most ``max_fid_ratio`` x the
-    unguided row's (every guided row when ``max_fid_ratio`` is 0 or unguided's Context-FID is not
-    finite, e.g. NaN under DP); the unguided and null rows iff at least one guided row is scored."""
+    unguided row's (every guided row when ``max_fid_ratio`` is 0, when unguided's Context-FID is
+    not finite, e.g. NaN under DP, or when the site's Context-FIDs are not ``reliable``: measured
+    on fewer records than the embedding has dimensions, ``fid_is_reliable``); the unguided and null
+    rows iff at least one guided row is scored."""
     unguided = next(row for label, row in rows.items() if label != NULL_LABEL and row["scale"] == 0)
     limit = max_fid_ratio * unguided.get("context_fid", np.nan)
-    gated = max_fid_ratio > 0 and np.isfinite(limit)
+    gated = reliable and max_fid_ratio > 0 and np.isfinite(limit)
     guided = [label for label, row in rows.items()
               if row["scale"] > 0 and (not gated or row.get("context_fid", np.nan) <= limit)]
     if not guided:
         return []
     return [label for label, row in rows.items() if row["scale"] == 0 or label in guided]
+
+
+def fid_is_reliable(real_records: int, synthetic_records: int) -> bool:
+    """Whether a site's Context-FIDs are estimated well enough to gate on: on at least as many
+    records as the embedding has dimensions (2 x ``ContextFIDConfig.num_kernels``, 128), below which
+    the covariances are singular and the distance is mostly small-sample bias. A site below it
+    scores every candidate and leaves the fidelity constraint to the pooled rule
+    (``choose_candidate``), as before the gate."""
+    return min(real_records, synthetic_records) >= 2 * ContextFIDConfig().num_kernels
 
 
 def _context_fid(real_x: np.ndarray, synthetic_x: np.ndarray) -> float:

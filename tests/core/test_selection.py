@@ -169,6 +169,14 @@ def test_context_fid_gate_scores_only_rows_that_can_be_chosen():
     assert scored_rows(rows, 0.0) == list(rows)  # no limit: everything
     assert scored_rows(_fid_rows(unguided=3.0, far=40.0), 2.0) == []  # no guided row passes: nothing to decide
     assert scored_rows(_fid_rows(unguided=float("nan"), far=40.0), 2.0) == ["unguided", "far", NULL_LABEL]  # DP
+    assert scored_rows(_fid_rows(unguided=3.0, far=40.0), 2.0, reliable=False) == ["unguided", "far", NULL_LABEL]
+
+
+def test_context_fid_gates_only_on_enough_records():
+    from tardiff_common.pipeline.selection import fid_is_reliable
+
+    assert fid_is_reliable(1225, 256) and fid_is_reliable(128, 4000)
+    assert not fid_is_reliable(1225, 127) and not fid_is_reliable(100, 612)
 
 
 def test_a_candidate_some_site_did_not_score_is_not_chosen():
@@ -194,6 +202,12 @@ def test_gated_site_fits_no_classifier(trained, monkeypatch):
     monkeypatch.setattr(selection, "fit_evaluation_classifier", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
     models = SamplingModels(unet, classifier, direction)
     strict = config.with_overrides({"guidance.max-fid-ratio": 1e-9})
+    # this tiny site's Context-FIDs rest on fewer records than the embedding has dimensions: no gate
+    assert not selection.fid_is_reliable(len(data.train_y), len(data.train_y) // 2)
+    score_candidates_at_site(models, data, strict, site_index=0)
+    assert len(fits) == 4 * len(config.guidance.tuning_seeds)  # every row scored, as before the gate
+    fits.clear()
+    monkeypatch.setattr(selection, "fid_is_reliable", lambda *a: True)  # as at a site with enough records
     scores = score_candidates_at_site(models, data, strict, site_index=0)
     assert fits == [] and all("tsrtr" not in row and np.isfinite(row["context_fid"]) for row in scores.values())
     chosen = selection_from_scores([scores], strict)
