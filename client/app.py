@@ -34,7 +34,7 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from flwr.compat.common import recorddict_compat as compat
 
 from tardiff_common import protocol as P
-from tardiff_common.data.normalize import histogram_edges_from_moments
+from tardiff_common.data.normalize import Normalizer, histogram_edges_from_moments
 from tardiff_common.diffusion.ema import EMA
 from tardiff_common.influence.gradient_sum import GradientSum
 from tardiff_common.influence.guidance import Candidate
@@ -50,15 +50,14 @@ from tardiff_common.privacy.accounting import PrivacyBudgetExceeded, PrivacyLedg
 from tardiff_common.privacy.dp_scores import (
     EVALUATION_RELEASE,
     SELECTION_RELEASE,
-    ScoreRelease,
     dp_evaluation_config,
     release_candidate_scores,
     release_site_metrics,
     score_entry,
+    site_score_release,
 )
 from tardiff_common.privacy.dp_statistics import dp_histogram, dp_moments, statistics_generator
 from tardiff_common.privacy.ledger_policy import SiteLedger
-from tardiff_common.privacy.randomness import dp_generator
 from tardiff_common.report.run_folder import write_npz_atomic
 from tardiff_common.serialization import load_module_numpy, module_to_numpy, normalizer_from_numpy
 
@@ -77,9 +76,18 @@ app = ClientApp()
 # ----------------------------------------------------------------------------- helpers
 
 
-def _normalized(site: Site, msg: Message) -> phases.NormalizedSplits:
-    normalizer = normalizer_from_numpy(P.from_array_record(msg.content[P.NORMALIZER]))
+def _normalizer(msg: Message) -> Normalizer:
+    """The global normalizer the server broadcast with ``msg``."""
+    return normalizer_from_numpy(P.from_array_record(msg.content[P.NORMALIZER]))
+
+
+def _on_model_scale(site: Site, normalizer: Normalizer) -> phases.NormalizedSplits:
+    """The site's splits as the models see them: imputed (under DP from ``normalizer``) and normalized."""
     return phases.normalize_splits(phases.impute_after_phase0(site.splits, site.config, normalizer), normalizer)
+
+
+def _normalized(site: Site, msg: Message) -> phases.NormalizedSplits:
+    return _on_model_scale(site, _normalizer(msg))
 
 
 def _classifier(site: Site, arrays: dict[str, np.ndarray]) -> torch.nn.Module:
@@ -286,8 +294,7 @@ def secure_influence(msg: Message, context: Context) -> Message:
     classifier = dict(zip(cls_names, arrays[: len(cls_names)], strict=True))
     normalizer = dict(zip(norm_names, arrays[len(cls_names):], strict=True))
     site = load_site(context)
-    normalizer = normalizer_from_numpy(normalizer)
-    data = phases.normalize_splits(phases.impute_after_phase0(site.splits, site.config, normalizer), normalizer)
+    data = _on_model_scale(site, normalizer_from_numpy(normalizer))
     with _site_ledger(site, context, P.spent_ops(cfg.get(P.PRIVACY_SPENT, ""))) as policy:
         g_sum, extra = _site_gradient_sum(site, policy, data, _classifier(site, classifier))
     scale = float(cfg["scale"])
@@ -340,13 +347,6 @@ def _generator_models(site: Site, msg: Message, in_channels: int) -> phases.Samp
     return phases.SamplingModels(unet, classifier, direction)
 
 
-def _score_release(site: Site, planned, release: int) -> ScoreRelease:
-    """The noise of a phase-3b / 4 score-count release (``privacy.dp_scores``)."""
-    p = site.config.privacy
-    return ScoreRelease(planned.noise_multiplier, dp_generator(p.reproducible_noise, site.config.seed, 0, site.index,
-                                                              release))
-
-
 @app.query("tune")
 @_refusals
 def tune(msg: Message, context: Context) -> Message:
@@ -362,7 +362,7 @@ def tune(msg: Message, context: Context) -> Message:
         scores = score_candidates_at_site(models, data, config, site_index=site.index)
         privacy = {}
         if planned:
-            scores, k = release_candidate_scores(scores, _score_release(site, planned, SELECTION_RELEASE))
+            scores, k = release_candidate_scores(scores, site_score_release(site.config, planned.noise_multiplier, site.index, SELECTION_RELEASE))
             privacy = P.flatten_metrics(policy.record([score_entry("selection", planned.noise_multiplier, k)],
                                                       "selection"))
     record = P.encode_candidate_scores(scores)
@@ -388,8 +388,8 @@ def generate(msg: Message, context: Context) -> Message:
     config = P.config_from_record(msg.content[P.CONFIG])
     chosen = Candidate(str(config["guidance-form"]), float(config["guidance-scale"]))
     site = replace(site, config=resolve_guidance(site.config, chosen))
-    data = _normalized(site, msg)
-    normalizer = normalizer_from_numpy(P.from_array_record(msg.content[P.NORMALIZER]))
+    normalizer = _normalizer(msg)
+    data = _on_model_scale(site, normalizer)
     models = _generator_models(site, msg, data.in_channels)
     synthetic, influence_means = phases.generate_synthetic_sets(models, data, site.config, site_index=site.index)
     write_npz_atomic(
@@ -410,7 +410,8 @@ def generate(msg: Message, context: Context) -> Message:
                                 influence=influence_means, other_tests=other_tests)
         gbm = {} if planned else _gbm_rows(site, external)  # fitted on records: withheld under DP
         if planned:  # one release of every test split's counts (the external cohort's too)
-            metrics, k = release_site_metrics(metrics, _score_release(site, planned, EVALUATION_RELEASE))
+            metrics, k = release_site_metrics(metrics, site_score_release(site.config, planned.noise_multiplier, site.index,
+                                                                     EVALUATION_RELEASE))
             policy.record([score_entry("evaluation", planned.noise_multiplier, k)], "evaluation")
         metrics["baselines"] = {"gbm": {"site": gbm["site"]}} if gbm else {}
         if external is not None:

@@ -144,16 +144,15 @@ def _select(models: SamplingModels, data, config: RunConfig, ledger, *, progress
         return select_guidance(models, [data], config, progress=progress)
     from ..privacy.dp_scores import (
         SELECTION_RELEASE,
-        ScoreRelease,
         dp_evaluation_config,
         release_candidate_scores,
         score_entry,
+        site_score_release,
     )
-    from ..privacy.randomness import dp_generator
 
     scores = score_candidates_at_site(models, data, dp_evaluation_config(config), site_index=0, progress=progress)
-    generator = dp_generator(config.privacy.reproducible_noise, config.seed, 0, 0, SELECTION_RELEASE)
-    scores, k = release_candidate_scores(scores, ScoreRelease(planned.noise_multiplier, generator))
+    release = site_score_release(config, planned.noise_multiplier, 0, SELECTION_RELEASE)
+    scores, k = release_candidate_scores(scores, release)
     ledger.record([score_entry("selection", planned.noise_multiplier, k)], "selection")
     return selection_from_scores([scores], config, dp_variance=planned.noise_multiplier ** 2 * k)
 
@@ -167,17 +166,15 @@ def _evaluate(classifier, synthetic, data, config: RunConfig, ledger, *, influen
                              other_tests=other_tests)
     from ..privacy.dp_scores import (
         EVALUATION_RELEASE,
-        ScoreRelease,
         dp_evaluation_config,
         release_site_metrics,
         score_entry,
+        site_score_release,
     )
-    from ..privacy.randomness import dp_generator
 
     site = evaluate_site(classifier, synthetic, data, dp_evaluation_config(config), site_index=0,
                          influence=influence, other_tests=other_tests)
-    generator = dp_generator(config.privacy.reproducible_noise, config.seed, 0, 0, EVALUATION_RELEASE)
-    site, k = release_site_metrics(site, ScoreRelease(planned.noise_multiplier, generator))
+    site, k = release_site_metrics(site, site_score_release(config, planned.noise_multiplier, 0, EVALUATION_RELEASE))
     ledger.record([score_entry("evaluation", planned.noise_multiplier, k)], "evaluation")
     return site
 

@@ -49,6 +49,7 @@ import torch
 from ..metrics.histogram_auc import SCORE_BINS, auprc_from_histogram, auroc_from_histogram
 from ..metrics.summary import summarize_runs
 from .accounting import Entry
+from .randomness import dp_generator
 
 __all__ = [
     "DP_SCORE_BINS",
@@ -56,6 +57,7 @@ __all__ = [
     "SELECTION_RELEASE",
     "EVALUATION_RELEASE",
     "ScoreRelease",
+    "site_score_release",
     "score_entry",
     "noise_histograms",
     "count_histograms",
@@ -81,6 +83,13 @@ class ScoreRelease:
 
     noise_multiplier: float
     generator: torch.Generator
+
+
+def site_score_release(config, noise_multiplier: float, site_index: int, release: int) -> ScoreRelease:
+    """The noise of release ``release`` (``SELECTION_RELEASE`` / ``EVALUATION_RELEASE``) at site
+    ``site_index`` (0 for the centralized run's one data holder), seeded as ``privacy.reproducible-noise`` says."""
+    generator = dp_generator(config.privacy.reproducible_noise, config.seed, 0, site_index, release)
+    return ScoreRelease(float(noise_multiplier), generator)
 
 
 def score_entry(phase: str, noise_multiplier: float, num_histograms: int) -> Entry:
